@@ -1,0 +1,203 @@
+"""The `supervisor-daemon` command: parse, call, print. No SQL here.
+
+Exit codes: 0 success, 1 an operation failed (unknown id, conflict), 2 bad usage,
+78 configuration or database unusable (EX_CONFIG; systemd does not restart on it).
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from daemon import __version__, logs
+from daemon.config import Settings, load_settings
+from daemon.db import migrations
+from daemon.db.database import open_database
+from daemon.db.pool import connect
+from daemon.errors import EX_CONFIG, ConfigError, DaemonError, MigrationError
+from daemon.models import PHASES, SupervisorState, SupervisorStateKind
+from daemon.store import Store
+
+Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+async def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
+    from daemon.runtime.lifecycle import run_daemon  # noqa: PLC0415 - keep CLI start fast
+
+    await run_daemon(settings)
+    return 0
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as db:
+        conn = await connect(db.dsn)
+        try:
+            if not args.status:
+                applied = await migrations.migrate(conn)
+                print(f"applied {len(applied)} migration(s)")
+                for name in applied:
+                    print(f"  {name}")
+                return 0
+            rows = await migrations.status(conn)
+        finally:
+            await conn.close()
+    for row in rows:
+        when = row.applied_at.isoformat(timespec="seconds") if row.applied_at else ""
+        print(f"{row.state:<8} {row.name}  {when}".rstrip())
+    return 0 if all(row.state == "applied" for row in rows) else 1
+
+
+def _summary(state: SupervisorState) -> str:
+    activity = state.current_activity or ""
+    return (f"{state.id}  {state.state.value:<17} {state.phase:<10} {state.progress:>3}%  "
+            f"{len(state.pending_questions)}q  {activity}")
+
+
+async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as db:
+        states = await Store(db.pool).list_supervisors(state=args.state, limit=args.limit)
+    if args.json:
+        _print_json([s.to_json() for s in states])
+    elif not states:
+        print("no supervisors")
+    else:
+        print("ID                                    STATE             PHASE      PROG  QUESTIONS")
+        for state in states:
+            print(_summary(state))
+    return 0
+
+
+async def cmd_supervisors_show(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as db:
+        state = await Store(db.pool).get_supervisor(args.id)
+    if state is None:
+        raise DaemonError(f"supervisor {args.id} does not exist")
+    _print_json(state.to_json())
+    return 0
+
+
+async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    state = SupervisorState(
+        id=uuid.uuid4(), contract_id=args.contract_id or uuid.uuid4(), task_id=uuid.uuid4(),
+        phase=args.phase, last_activity=now, created_at=now, updated_at=now,
+        agent=args.agent,
+    )
+    async with open_database(settings) as db:
+        saved = await Store(db.pool).save_supervisor_state_full(state)
+    print(saved.id)
+    return 0
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.store import DaemonRegistry  # noqa: PLC0415
+
+    async with open_database(settings) as db:
+        daemons = await DaemonRegistry(db.pool).list()
+        states = await Store(db.pool).list_supervisors(limit=100_000)
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state.state.value] = counts.get(state.state.value, 0) + 1
+    if args.json:
+        _print_json({"daemons": daemons, "supervisors": counts})
+        return 0
+    print(f"daemons: {len(daemons)}")
+    for d in daemons:
+        print(f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
+              f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}")
+    print(f"supervisors: {len(states)}")
+    for name, count in sorted(counts.items()):
+        print(f"  {name:<18} {count}")
+    return 0
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisor-daemon",
+        description="Hosts long-running supervisors whose state lives in PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.set_defaults(func=cmd_run)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--status", action="store_true",
+                         help="list each migration as applied or pending; change nothing")
+    migrate.set_defaults(func=cmd_migrate)
+
+    status = sub.add_parser("status", help="daemons and supervisor counts")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    sups = sub.add_parser("supervisors", help="list, show or create supervisors")
+    sups_sub = sups.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = sups_sub.add_parser("list", help="list supervisors, newest first")
+    lst.add_argument("--state", type=SupervisorStateKind, choices=list(SupervisorStateKind))
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_supervisors_list)
+    show = sups_sub.add_parser("show", help="one supervisor's full state as JSON")
+    show.add_argument("id", type=_uuid)
+    show.set_defaults(func=cmd_supervisors_show)
+    create = sups_sub.add_parser("create", help="start a contract with an agent")
+    create.add_argument("--agent", required=True,
+                        help="import path (module:callable) or cmd:COMMAND")
+    create.add_argument("--contract-id", type=_uuid)
+    create.add_argument("--phase", default=PHASES[0], choices=PHASES)
+    create.set_defaults(func=cmd_supervisors_create)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"supervisor-daemon: error: {logs.redact(message)}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(config_file=args.config)
+        logs.configure(log_format=settings.log_format, level=settings.log_level)
+        if settings.database_url:
+            from daemon.db.database import register_dsn_secret  # noqa: PLC0415
+
+            register_dsn_secret(settings.database_url)
+        func: Command = args.func
+        result: int = anyio.run(func, settings, args)
+    except (ConfigError, MigrationError) as exc:
+        return _fail(str(exc), EX_CONFIG)
+    except DaemonError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+    return result

@@ -1,0 +1,206 @@
+"""Settings: parsed and validated once, at the edge, into one frozen object.
+
+Sources, lowest precedence first: built-in defaults, an optional TOML file
+(`SUPERVISOR_DAEMON_CONFIG` or `--config`), then `SUPERVISOR_DAEMON_*` environment
+variables. Every problem is a ConfigError with one sentence naming the setting, so the
+CLI can print it and exit 78. This module never touches the network or the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from daemon.errors import ConfigError
+
+ENV_PREFIX = "SUPERVISOR_DAEMON_"
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_data_dir() -> Path:
+    """The per-user state directory (XDG), where the embedded database lives."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "supervisor-daemon"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the daemon is told from outside. Built by `load_settings`."""
+
+    database_url: str | None = None
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    daemon_id: str | None = None
+    log_format: str = "auto"
+    log_level: str = "info"
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    connect_timeout_s: float = 10.0
+    # Persistence queue (see daemon/queue.py for why these defaults).
+    queue_max_events: int = 100_000
+    queue_batch_size: int = 5_000
+    queue_flush_delay_ms: float = 0.0
+    drain_timeout_s: float = 10.0
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+# name -> converter; the converter raises ValueError with a readable message.
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must be zero or more")
+    return number
+
+
+def _choice(choices: tuple[str, ...]) -> Any:
+    def convert(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return convert
+
+
+def _database_url(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    validate_database_url(text)
+    return text
+
+
+def _daemon_id(value: Any) -> str:
+    text = str(value).strip()
+    if not text or len(text) > 200 or any(ch.isspace() for ch in text):
+        raise ValueError("must be 1-200 characters without spaces")
+    return text
+
+
+_CONVERTERS: dict[str, Any] = {
+    "database_url": _database_url,
+    "data_dir": lambda v: Path(str(v)).expanduser(),
+    "daemon_id": _daemon_id,
+    "log_format": _choice(LOG_FORMATS),
+    "log_level": _choice(LOG_LEVELS),
+    "pool_min_size": _positive_int,
+    "pool_max_size": _positive_int,
+    "connect_timeout_s": _non_negative_float,
+    "queue_max_events": _positive_int,
+    "queue_batch_size": _positive_int,
+    "queue_flush_delay_ms": _non_negative_float,
+    "drain_timeout_s": _non_negative_float,
+}
+
+
+def validate_database_url(url: str) -> None:
+    """Reject what asyncpg would choke on later, without echoing the URL (secrets)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a non-numeric port
+    except ValueError as exc:
+        raise ValueError("is not a valid URL") from exc
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("must start with postgresql:// or postgres://")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError("names no host (postgresql://user:password@host:port/dbname)")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Defaults < TOML file < environment. Raises ConfigError naming the bad setting."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, tuple[str, Any]] = {}  # name -> (where it came from, value)
+
+    file_name = config_file or (Path(env[f"{ENV_PREFIX}CONFIG"]) if env.get(
+        f"{ENV_PREFIX}CONFIG") else None)
+    if file_name is not None:
+        for key, value in _read_toml(file_name).items():
+            if key not in _CONVERTERS:
+                raise ConfigError(f"{file_name}: unknown setting {key!r}")
+            raw[key] = (f"{file_name}: {key}", value)
+
+    for key in _CONVERTERS:
+        env_name = f"{ENV_PREFIX}{key.upper()}"
+        if env_name in env:
+            raw[key] = (env_name, env[env_name])
+
+    values: dict[str, Any] = {}
+    for key, (origin, value) in raw.items():
+        try:
+            values[key] = _CONVERTERS[key](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{origin} {exc}") from None
+
+    settings = Settings(**values)
+    if settings.pool_min_size > settings.pool_max_size:
+        raise ConfigError(
+            f"{ENV_PREFIX}POOL_MIN_SIZE ({settings.pool_min_size}) is larger than "
+            f"{ENV_PREFIX}POOL_MAX_SIZE ({settings.pool_max_size})"
+        )
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    # Settings may sit at the top level or under a [supervisor_daemon] table.
+    section = document.get("supervisor_daemon", document)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [supervisor_daemon] must be a table")
+    return section
+
+
+def resolve_daemon_id(settings: Settings) -> str:
+    """The configured id, else one generated once and kept in the data directory.
+
+    A daemon id must survive restarts (it owns supervisors across them), so a generated
+    id is written to `data_dir/daemon-id` and read back on every later start.
+    """
+    if settings.daemon_id:
+        return settings.daemon_id
+    ensure_data_dir(settings.data_dir)
+    id_file = settings.data_dir / "daemon-id"
+    try:
+        existing = id_file.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    new_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    id_file.write_text(new_id + "\n")
+    return new_id
+
+
+def ensure_data_dir(path: Path) -> None:
+    """Create the data directory with mode 0700 when missing; fail clearly otherwise."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data directory {path} cannot be created: {exc.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"data directory {path} is not a directory")

@@ -1,0 +1,74 @@
+"""Open the daemon's database: the configured URL, or the embedded server.
+
+`open_database(settings)` yields a `Database` (DSN + pool) and closes the pool on exit.
+With the embedded server it also makes sure the daemon's own database exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from daemon.config import Settings
+from daemon.db import embedded
+from daemon.db.pool import connect, create_pool
+from daemon.errors import map_db_errors
+from daemon.logs import register_secret
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Database:
+    dsn: str
+    pool: asyncpg.Pool[Any]
+    embedded: bool
+
+
+def register_dsn_secret(dsn: str) -> None:
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    with contextlib.suppress(ValueError):
+        register_secret(urlsplit(dsn).password)
+
+
+async def resolve_dsn(settings: Settings) -> tuple[str, bool]:
+    """The DSN to use and whether it is the embedded server (started here if needed)."""
+    if settings.database_url is not None:
+        register_dsn_secret(settings.database_url)
+        return settings.database_url, False
+    handle = embedded.start(settings.data_dir)
+    await ensure_database(embedded.database_url(handle, "postgres"), embedded.DATABASE_NAME)
+    return embedded.database_url(handle), True
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    """Create database `name` when missing (embedded server only: we own it)."""
+    conn = await connect(admin_dsn)
+    try:
+        with map_db_errors():
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                # Another process may create it between our check and this statement.
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                    # CREATE DATABASE takes no parameters; `name` is our own constant.
+                    await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    dsn, is_embedded = await resolve_dsn(settings)
+    pool = await create_pool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.connect_timeout_s,
+    )
+    try:
+        yield Database(dsn=dsn, pool=pool, embedded=is_embedded)
+    finally:
+        await pool.close()

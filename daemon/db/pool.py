@@ -1,0 +1,72 @@
+"""asyncpg pools and connections, with the codecs every caller expects.
+
+JSONB comes and goes as Python values. Connection failures become the daemon's own
+errors with the password masked, since asyncpg sometimes echoes the DSN.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from daemon.errors import ConfigError, map_db_errors
+from daemon.logs import redact
+
+Connection = asyncpg.Connection
+Pool = asyncpg.Pool
+
+
+async def init_connection(conn: asyncpg.Connection[Any]) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+    await conn.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+def describe(dsn: str) -> str:
+    """Where a DSN points, without credentials: host:port/dbname or the socket dir."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    if not host:
+        for pair in parts.query.split("&"):
+            if pair.startswith("host="):
+                host = pair[5:]
+    port = f":{parts.port}" if parts.port else ""
+    database = parts.path.lstrip("/") or "postgres"
+    return f"{host}{port}/{database}"
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 10.0
+) -> asyncpg.Pool[Any]:
+    """Open a pool; an unreachable or refusing server is a ConfigError (exit 78)."""
+    try:
+        with map_db_errors():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, timeout=timeout,
+                init=init_connection, command_timeout=None,
+            )
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot connect to the database at {describe(dsn)}: {redact(str(exc))}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]:
+    """One connection with the standard codecs (migrations, LISTEN, the CLI)."""
+    try:
+        with map_db_errors():
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot connect to the database at {describe(dsn)}: {redact(str(exc))}"
+        ) from None
+    await init_connection(conn)
+    return conn

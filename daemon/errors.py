@@ -1,0 +1,91 @@
+"""The daemon's own small exception family.
+
+Driver and OS errors are translated here, at the boundary, into two kinds that the rest
+of the code can act on without knowing asyncpg: transient (retry later, the event waits)
+and permanent (this operation is wrong and will stay wrong). Nothing above the store
+ever catches an asyncpg exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import asyncpg
+
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd does not restart on it
+
+
+class DaemonError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class ConfigError(DaemonError):
+    """Settings are missing, malformed, or point at something unusable."""
+
+
+class DatabaseError(DaemonError):
+    """A database operation failed."""
+
+
+class TransientDatabaseError(DatabaseError):
+    """Worth retrying: the connection dropped, the server restarts, a lock conflict."""
+
+
+class PermanentDatabaseError(DatabaseError):
+    """Retrying cannot help: a constraint, a type, a bad value."""
+
+
+class NotFoundError(DaemonError):
+    """The named supervisor, task or question does not exist."""
+
+
+class ConflictError(DaemonError):
+    """The operation contradicts what is already recorded (answering twice, ...)."""
+
+
+class MigrationError(DaemonError):
+    """The database schema cannot be brought to what this code expects."""
+
+
+# SQLSTATE classes and codes that mean "try again": connection exceptions (08),
+# serialization failure and deadlock (40001, 40P01), too many connections (53300),
+# operator intervention such as shutdown or startup (57P01, 57P02, 57P03), and a
+# lock wait that timed out (55P03).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08",)
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03", "55P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` is a failure that a later retry may not meet."""
+    if isinstance(exc, TransientDatabaseError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES) or (
+            sqlstate in _TRANSIENT_SQLSTATES
+        )
+    # A closed or broken connection surfaces as InterfaceError or an OS-level error.
+    return isinstance(
+        exc,
+        asyncpg.InterfaceError | ConnectionError | OSError | TimeoutError,
+    ) and not isinstance(exc, asyncpg.exceptions.ClientConfigurationError)
+
+
+def translate(exc: BaseException) -> DatabaseError:
+    """The daemon's error for a driver or OS error."""
+    if isinstance(exc, DatabaseError):
+        return exc
+    message = f"{type(exc).__name__}: {exc}"
+    if is_transient(exc):
+        return TransientDatabaseError(message)
+    return PermanentDatabaseError(message)
+
+
+@contextlib.contextmanager
+def map_db_errors() -> Iterator[None]:
+    """Re-raise asyncpg and OS errors as TransientDatabaseError / PermanentDatabaseError."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise translate(exc) from exc

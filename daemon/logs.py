@@ -1,0 +1,101 @@
+"""structlog, configured once: JSON lines by default, a console renderer on a terminal.
+
+Every line carries `event`, `level`, an ISO-8601 UTC `timestamp` and the `daemon_id`.
+Logs go to stderr so that CLI output on stdout stays machine-readable; journald takes
+both. Secrets (database passwords) are registered here and masked in every value of
+every line, exceptions included, as the very last step before rendering.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+_MASK = "***"
+# The password part of a URL: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)",
+                           re.IGNORECASE)
+# libpq key=value form: password=SECRET
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.IGNORECASE)
+
+_secrets: set[str] = set()
+_daemon_id: str | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Mask `value` wherever it appears in a log line from now on."""
+    if value:
+        _secrets.add(value)
+
+
+def set_daemon_id(daemon_id: str) -> None:
+    global _daemon_id  # noqa: PLW0603 - one process, one daemon id, set once at start
+    _daemon_id = daemon_id
+
+
+def redact(text: str) -> str:
+    """`text` with URL passwords, password=... pairs and registered secrets masked."""
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + (_MASK if m["secret"] else ""), text)
+    text = _KV_PASSWORD.sub(lambda m: m["head"] + _MASK, text)
+    for secret in _secrets:
+        text = text.replace(secret, _MASK)
+    return text
+
+
+def _add_daemon_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    if _daemon_id is not None:
+        event_dict.setdefault("daemon_id", _daemon_id)
+    return event_dict
+
+
+def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+        elif isinstance(value, BaseException):
+            event_dict[key] = redact(f"{type(value).__name__}: {value}")
+        elif not isinstance(value, int | float | bool | type(None)):
+            rendered = str(value)
+            masked = redact(rendered)
+            if masked != rendered:
+                event_dict[key] = masked
+    return event_dict
+
+
+def configure(*, log_format: str = "auto", level: str = "info",
+              stream: TextIO | None = None) -> None:
+    """Configure structlog for the whole process. Safe to call more than once."""
+    out = stream or sys.stderr
+    use_console = log_format == "console" or (log_format == "auto" and out.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_daemon_id,
+    ]
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    # Exceptions are rendered to text before redaction so that a password inside an
+    # exception message is masked too.
+    processors = [*shared, structlog.processors.format_exc_info, _redact_values, renderer]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    """A structlog logger with `bound` values on every line."""
+    return structlog.get_logger().bind(**bound)

@@ -1,0 +1,271 @@
+"""Records and enums: immutable values that cross module boundaries.
+
+Every record is a frozen dataclass; a change makes a new record (`evolve`). JSON on the
+wire is camelCase, like the original system's API; `to_json` / `from_json` convert, and
+`from_row` builds a record from a database row. Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
+
+
+class SupervisorStateKind(enum.StrEnum):
+    INITIALIZING = "initializing"
+    IDLE = "idle"
+    WORKING = "working"
+    WAITING_FOR_USER = "waiting_for_user"
+    WAITING_FOR_TASKS = "waiting_for_tasks"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+TERMINAL_STATES = frozenset({SupervisorStateKind.COMPLETED, SupervisorStateKind.FAILED})
+
+
+class RestorationSource(enum.StrEnum):
+    DAEMON_RESTART = "daemon_restart"
+    TASK_REASSIGNMENT = "task_reassignment"
+    MANUAL = "manual"
+
+
+class QuestionType(enum.StrEnum):
+    GENERAL = "general"
+    PHASE_CONFIRMATION = "phase_confirmation"
+    CONTRACT_COMPLETE = "contract_complete"
+
+
+class StateRecoveryAction(enum.StrEnum):
+    PROCEED = "proceed"
+    USE_CHECKPOINT = "use_checkpoint"
+    START_FRESH = "start_fresh"
+    MANUAL_INTERVENTION = "manual_intervention"
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The phases a contract moves through, in order. A phase outside this list is invalid
+# state (restoration falls back to a checkpoint).
+PHASES = ("research", "plan", "implement", "review", "done")
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class _Json:
+    """camelCase JSON conversion for frozen dataclasses, driven by their type hints."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            camel(field.name): _encode(getattr(self, field.name))
+            for field in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            key = camel(field.name)
+            if key not in data:
+                if field.default is dataclasses.MISSING and (
+                    field.default_factory is dataclasses.MISSING
+                ):
+                    raise ValueError(f"{cls.__name__}: missing {key!r}")
+                continue
+            try:
+                values[field.name] = _decode(hints[field.name], data[key])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{cls.__name__}.{key}: {exc}") from None
+        return cls(**values)
+
+    def evolve(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, _Json):
+        return value.to_json()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_encode(item) for item in value]
+    return value
+
+
+def _decode(hint: Any, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per type
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _decode(inner, value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be an array")
+        (item_hint, _) = typing.get_args(hint)
+        return tuple(_decode(item_hint, item) for item in value)
+    if hint is Any:
+        return value
+    if isinstance(hint, type) and issubclass(hint, _Json):
+        return hint.from_json(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    if hint is uuid.UUID:
+        if isinstance(value, uuid.UUID):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be a UUID string")
+        return uuid.UUID(value)
+    if hint is datetime:
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be an ISO-8601 string")
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError("must carry a time zone")
+        return parsed
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError("must be a boolean")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be an integer")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+    raise TypeError(f"no JSON decoder for {hint!r}")
+
+
+_RECORD = {"frozen": True, "slots": True, "kw_only": True}
+
+
+@dataclasses.dataclass(**_RECORD)
+class PendingQuestion(_Json):
+    """A question a supervisor asked a person and still waits on."""
+
+    id: uuid.UUID
+    question: str
+    choices: tuple[str, ...] = ()
+    context: str | None = None
+    question_type: QuestionType = QuestionType.GENERAL
+    asked_at: datetime
+
+
+@dataclasses.dataclass(**_RECORD)
+class SupervisorState(_Json):
+    """One row of supervisor_states, decoded and typed."""
+
+    id: uuid.UUID
+    contract_id: uuid.UUID
+    task_id: uuid.UUID
+    conversation_history: tuple[Any, ...] = ()
+    pending_task_ids: tuple[uuid.UUID, ...] = ()
+    phase: str
+    last_activity: datetime
+    created_at: datetime
+    updated_at: datetime
+    state: SupervisorStateKind = SupervisorStateKind.INITIALIZING
+    current_activity: str | None = None
+    progress: int = 0
+    error_message: str | None = None
+    spawned_task_ids: tuple[uuid.UUID, ...] = ()
+    pending_questions: tuple[PendingQuestion, ...] = ()
+    restoration_count: int = 0
+    last_restored_at: datetime | None = None
+    restoration_source: RestorationSource | None = None
+    # Daemon-side data: who runs it, under which fencing epoch, with which agent.
+    owner_daemon_id: str | None = None
+    owner_epoch: int = 0
+    agent: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """Decode a supervisor_states row; raises ValueError naming the bad column."""
+        data = {camel(key): row[key] for key in _STATE_COLUMNS if key in row}
+        return cls.from_json(data)
+
+
+_STATE_COLUMNS = tuple(field.name for field in dataclasses.fields(SupervisorState))
+
+
+@dataclasses.dataclass(**_RECORD)
+class UpdateSupervisorStateRequest(_Json):
+    """A partial update of the detailed state; None leaves a column as it is."""
+
+    state: SupervisorStateKind | None = None
+    current_activity: str | None = None
+    progress: int | None = None
+    error_message: str | None = None
+
+
+@dataclasses.dataclass(**_RECORD)
+class StateValidationResult(_Json):
+    """What validation found in a stored state, and what restoration should do."""
+
+    is_valid: bool
+    issues: tuple[str, ...] = ()
+    recovery_action: StateRecoveryAction
+
+
+@dataclasses.dataclass(**_RECORD)
+class SupervisorRestorationContext(_Json):
+    """The outcome of restoring one supervisor, handed to its agent."""
+
+    success: bool
+    previous_state: SupervisorStateKind | None = None
+    conversation_history: tuple[Any, ...] = ()
+    pending_questions: tuple[PendingQuestion, ...] = ()
+    awaited_task_ids: tuple[uuid.UUID, ...] = ()
+    spawned_task_ids: tuple[uuid.UUID, ...] = ()
+    restoration_count: int = 0
+    restoration_context_message: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(**_RECORD)
+class SupervisorTask(_Json):
+    """A task a supervisor spawned."""
+
+    id: uuid.UUID
+    supervisor_id: uuid.UUID
+    status: TaskStatus = TaskStatus.PENDING
+    spec: Any = None
+    result: Any = None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls.from_json({camel(key): row[key] for key in row.keys()})  # noqa: SIM118

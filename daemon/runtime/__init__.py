@@ -1,0 +1,1 @@
+"""The running daemon: lifecycle, supervisors, agents, delivery."""

@@ -1,0 +1,240 @@
+"""Every named persistence operation, and the only caller of SQL at run time.
+
+Each method is one operation of the original system (same names), runs one statement
+from daemon/db/sql by name, and returns records from daemon.models. Driver errors leave
+here as TransientDatabaseError / PermanentDatabaseError; a missing row is NotFoundError.
+The store never retries: the persistence queue decides that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from daemon.db.queries import queries
+from daemon.errors import NotFoundError, map_db_errors
+from daemon.models import (
+    PendingQuestion,
+    RestorationSource,
+    SupervisorState,
+    SupervisorStateKind,
+    SupervisorTask,
+    UpdateSupervisorStateRequest,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SpawnedTasksCheck:
+    """Which of a supervisor's spawned task ids have a task row, and which do not."""
+
+    found: tuple[uuid.UUID, ...]
+    missing: tuple[uuid.UUID, ...]
+
+    @property
+    def all_exist(self) -> bool:
+        return not self.missing
+
+
+def _state(row: asyncpg.Record | None, supervisor_id: uuid.UUID) -> SupervisorState:
+    if row is None:
+        raise NotFoundError(f"supervisor {supervisor_id} does not exist")
+    return SupervisorState.from_row(row)
+
+
+class Store:
+    """Named operations over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        return self._pool
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        with map_db_errors():
+            return await self._pool.fetchrow(queries[name], *args)
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        with map_db_errors():
+            return await self._pool.fetch(queries[name], *args)
+
+    async def _require(self, name: str, supervisor_id: uuid.UUID, *args: Any) -> asyncpg.Record:
+        row = await self._fetchrow(name, supervisor_id, *args)
+        if row is None:
+            raise NotFoundError(f"supervisor {supervisor_id} does not exist")
+        return row
+
+    # -- whole states ---------------------------------------------------------------
+
+    async def save_supervisor_state_full(self, state: SupervisorState) -> SupervisorState:
+        """UPSERT every state column of `state` (ownership columns are left alone)."""
+        row = await self._fetchrow(
+            "save_supervisor_state_full",
+            state.id, state.contract_id, state.task_id,
+            list(state.conversation_history), list(state.pending_task_ids), state.phase,
+            state.last_activity, state.state.value, state.current_activity, state.progress,
+            state.error_message, list(state.spawned_task_ids),
+            [q.to_json() for q in state.pending_questions], state.restoration_count,
+            state.last_restored_at,
+            state.restoration_source.value if state.restoration_source else None,
+            state.agent,
+        )
+        return _state(row, state.id)
+
+    async def get_supervisor(self, supervisor_id: uuid.UUID) -> SupervisorState | None:
+        row = await self._fetchrow("get_supervisor", supervisor_id)
+        return None if row is None else SupervisorState.from_row(row)
+
+    async def get_supervisor_state_for_restoration(
+        self, supervisor_id: uuid.UUID
+    ) -> SupervisorState | None:
+        """The stored state, or None when there is none (restoration starts fresh)."""
+        row = await self._fetchrow("get_supervisor_state_for_restoration", supervisor_id)
+        return None if row is None else SupervisorState.from_row(row)
+
+    async def list_supervisors(
+        self, *, state: SupervisorStateKind | None = None, limit: int = 1000
+    ) -> list[SupervisorState]:
+        rows = await self._fetch("list_supervisors", state.value if state else None, limit)
+        return [SupervisorState.from_row(row) for row in rows]
+
+    async def get_supervisors_with_pending_questions(self) -> list[SupervisorState]:
+        rows = await self._fetch("get_supervisors_with_pending_questions")
+        return [SupervisorState.from_row(row) for row in rows]
+
+    # -- partial updates ------------------------------------------------------------
+
+    async def update_supervisor_detailed_state(
+        self, supervisor_id: uuid.UUID, request: UpdateSupervisorStateRequest
+    ) -> SupervisorState:
+        row = await self._require(
+            "update_supervisor_detailed_state", supervisor_id,
+            request.state.value if request.state else None,
+            request.current_activity, request.progress, request.error_message,
+        )
+        return SupervisorState.from_row(row)
+
+    async def add_supervisor_spawned_task(
+        self, supervisor_id: uuid.UUID, task_id: uuid.UUID, *, await_task: bool = True
+    ) -> None:
+        """Record `task_id` as spawned (and awaited, unless told otherwise). Idempotent."""
+        await self._require("add_supervisor_spawned_task", supervisor_id, task_id, await_task)
+
+    async def add_supervisor_pending_question(
+        self, supervisor_id: uuid.UUID, question: PendingQuestion
+    ) -> None:
+        """Append `question` (once per id); the supervisor now waits for its user."""
+        await self._require(
+            "add_supervisor_pending_question", supervisor_id, question.to_json(),
+            str(question.id),
+        )
+
+    async def remove_supervisor_pending_question(
+        self, supervisor_id: uuid.UUID, question_id: uuid.UUID
+    ) -> None:
+        """Drop a pending question; NotFoundError when it is not pending there."""
+        row = await self._fetchrow(
+            "remove_supervisor_pending_question", supervisor_id, str(question_id)
+        )
+        if row is None:
+            if await self.get_supervisor(supervisor_id) is None:
+                raise NotFoundError(f"supervisor {supervisor_id} does not exist")
+            raise NotFoundError(
+                f"question {question_id} is not pending on supervisor {supervisor_id}"
+            )
+
+    async def mark_supervisor_restored(
+        self, supervisor_id: uuid.UUID, source: RestorationSource
+    ) -> int:
+        """Count one more restoration; return the new restoration_count."""
+        row = await self._require("mark_supervisor_restored", supervisor_id, source.value)
+        return int(row["restoration_count"])
+
+    async def update_supervisor_phase(
+        self, supervisor_id: uuid.UUID, phase: str
+    ) -> SupervisorState:
+        row = await self._require("update_supervisor_phase", supervisor_id, phase)
+        return SupervisorState.from_row(row)
+
+    async def update_supervisor_heartbeat_state(
+        self,
+        supervisor_id: uuid.UUID,
+        *,
+        state: SupervisorStateKind | None = None,
+        current_activity: str | None = None,
+        progress: int | None = None,
+    ) -> None:
+        await self._require(
+            "update_supervisor_heartbeat_state", supervisor_id,
+            state.value if state else None, current_activity, progress,
+        )
+
+    # -- tasks and checkpoints ------------------------------------------------------
+
+    async def validate_spawned_tasks(self, supervisor_id: uuid.UUID) -> SpawnedTasksCheck:
+        rows = await self._fetch("validate_spawned_tasks", supervisor_id)
+        return SpawnedTasksCheck(
+            found=tuple(row["task_id"] for row in rows if row["task_exists"]),
+            missing=tuple(row["task_id"] for row in rows if not row["task_exists"]),
+        )
+
+    async def create_task(
+        self, supervisor_id: uuid.UUID, *, task_id: uuid.UUID | None = None, spec: Any = None
+    ) -> SupervisorTask:
+        row = await self._fetchrow("create_task", task_id or uuid.uuid4(), supervisor_id, spec)
+        assert row is not None
+        return SupervisorTask.from_row(row)
+
+    async def get_task(self, task_id: uuid.UUID) -> SupervisorTask | None:
+        row = await self._fetchrow("get_task", task_id)
+        return None if row is None else SupervisorTask.from_row(row)
+
+    async def list_tasks_for_supervisor(
+        self, supervisor_id: uuid.UUID
+    ) -> Sequence[SupervisorTask]:
+        rows = await self._fetch("list_tasks_for_supervisor", supervisor_id)
+        return [SupervisorTask.from_row(row) for row in rows]
+
+    async def save_checkpoint(self, supervisor_id: uuid.UUID) -> int:
+        """Snapshot the supervisor's current row; return the checkpoint id."""
+        row = await self._require("save_checkpoint", supervisor_id)
+        return int(row["id"])
+
+    async def latest_checkpoint(self, supervisor_id: uuid.UUID) -> dict[str, Any] | None:
+        row = await self._fetchrow("latest_checkpoint", supervisor_id)
+        return None if row is None else dict(row)
+
+
+class DaemonRegistry:
+    """Named operations on the daemons table (registration and leases)."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def register(
+        self, daemon_id: str, *, hostname: str, pid: int, version: str, lease_s: float
+    ) -> None:
+        with map_db_errors():
+            await self._pool.execute(
+                queries["register_daemon"], daemon_id, hostname, pid, version, lease_s
+            )
+
+    async def renew_lease(self, daemon_id: str, lease_s: float) -> bool:
+        """False when the daemon's row is gone or marked stopped."""
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries["renew_daemon_lease"], daemon_id, lease_s)
+        return row is not None
+
+    async def mark_stopped(self, daemon_id: str) -> None:
+        with map_db_errors():
+            await self._pool.execute(queries["mark_daemon_stopped"], daemon_id)
+
+    async def list(self) -> list[dict[str, Any]]:
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["list_daemons"])
+        return [dict(row) for row in rows]

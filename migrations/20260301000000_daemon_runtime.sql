@@ -1,0 +1,76 @@
+-- What the daemon needs beyond the original schema: registered daemons with leases,
+-- ownership with a fencing epoch, spawned tasks, checkpoints, answers given while no
+-- daemon ran, and the append-only event journal.
+
+CREATE TABLE daemons (
+    id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    lease_expires_at TIMESTAMPTZ NOT NULL,
+    stopped_at TIMESTAMPTZ
+);
+
+-- owner_epoch is the fencing token: it grows by one each time ownership moves, and
+-- every write by a daemon names the epoch it holds.
+ALTER TABLE supervisor_states
+    ADD COLUMN owner_daemon_id TEXT REFERENCES daemons (id) ON DELETE SET NULL,
+    ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN agent TEXT,
+    ADD COLUMN last_event_seq BIGINT NOT NULL DEFAULT 0;
+
+CREATE INDEX idx_supervisor_states_owner ON supervisor_states (owner_daemon_id);
+
+CREATE TABLE supervisor_tasks (
+    id UUID PRIMARY KEY,
+    supervisor_id UUID NOT NULL REFERENCES supervisor_states (id) ON DELETE CASCADE,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CONSTRAINT supervisor_tasks_status_check CHECK (status IN (
+            'pending', 'running', 'succeeded', 'failed', 'cancelled')),
+    spec JSONB,
+    result JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE INDEX idx_supervisor_tasks_supervisor ON supervisor_tasks (supervisor_id);
+
+-- A validated snapshot of a supervisor's state, taken at least at every phase change.
+CREATE TABLE supervisor_checkpoints (
+    id BIGSERIAL PRIMARY KEY,
+    supervisor_id UUID NOT NULL REFERENCES supervisor_states (id) ON DELETE CASCADE,
+    phase TEXT NOT NULL,
+    snapshot JSONB NOT NULL,
+    event_seq BIGINT NOT NULL DEFAULT 0,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE INDEX idx_supervisor_checkpoints_latest ON supervisor_checkpoints (supervisor_id, id DESC);
+
+-- An answer is recorded here first, by whoever gives it (the CLI, while a daemon runs or
+-- not); the owning daemon applies it to the supervisor and sets applied_at.
+CREATE TABLE question_answers (
+    question_id UUID PRIMARY KEY,
+    supervisor_id UUID NOT NULL REFERENCES supervisor_states (id) ON DELETE CASCADE,
+    answer TEXT NOT NULL,
+    answered_by TEXT,
+    answered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_at TIMESTAMPTZ
+);
+
+CREATE INDEX idx_question_answers_unapplied ON question_answers (supervisor_id)
+    WHERE applied_at IS NULL;
+
+-- Every critical event, in order per supervisor. (supervisor_id, seq) makes a retried
+-- batch idempotent; event_id is the event's own identity, for consumers.
+CREATE TABLE supervisor_events (
+    supervisor_id UUID NOT NULL,
+    seq BIGINT NOT NULL,
+    event_id UUID NOT NULL,
+    kind TEXT NOT NULL,
+    payload JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (supervisor_id, seq)
+);
