@@ -72,8 +72,10 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _summary(state: SupervisorState) -> str:
     activity = state.current_activity or ""
-    return (f"{state.id}  {state.state.value:<17} {state.phase:<10} {state.progress:>3}%  "
-            f"{len(state.pending_questions)}q  {activity}")
+    return (
+        f"{state.id}  {state.state.value:<17} {state.phase:<10} {state.progress:>3}%  "
+        f"{len(state.pending_questions)}q  {activity}"
+    )
 
 
 async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,8 +104,13 @@ async def cmd_supervisors_show(settings: Settings, args: argparse.Namespace) -> 
 async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     state = SupervisorState(
-        id=uuid.uuid4(), contract_id=args.contract_id or uuid.uuid4(), task_id=uuid.uuid4(),
-        phase=args.phase, last_activity=now, created_at=now, updated_at=now,
+        id=uuid.uuid4(),
+        contract_id=args.contract_id or uuid.uuid4(),
+        task_id=uuid.uuid4(),
+        phase=args.phase,
+        last_activity=now,
+        created_at=now,
+        updated_at=now,
         agent=args.agent,
     )
     async with open_database(settings) as db:
@@ -126,8 +133,10 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"daemons: {len(daemons)}")
     for d in daemons:
-        print(f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
-              f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}")
+        print(
+            f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
+            f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}"
+        )
     print(f"supervisors: {len(states)}")
     for name, count in sorted(counts.items()):
         print(f"  {name:<18} {count}")
@@ -150,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
-    migrate.add_argument("--status", action="store_true",
-                         help="list each migration as applied or pending; change nothing")
+    migrate.add_argument(
+        "--status",
+        action="store_true",
+        help="list each migration as applied or pending; change nothing",
+    )
     migrate.set_defaults(func=cmd_migrate)
 
     status = sub.add_parser("status", help="daemons and supervisor counts")
@@ -169,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=_uuid)
     show.set_defaults(func=cmd_supervisors_show)
     create = sups_sub.add_parser("create", help="start a contract with an agent")
-    create.add_argument("--agent", required=True,
-                        help="import path (module:callable) or cmd:COMMAND")
+    create.add_argument(
+        "--agent", required=True, help="import path (module:callable) or cmd:COMMAND"
+    )
     create.add_argument("--contract-id", type=_uuid)
     create.add_argument("--phase", default=PHASES[0], choices=PHASES)
     create.set_defaults(func=cmd_supervisors_create)

@@ -131,8 +131,9 @@ def load_settings(
     env = os.environ if environ is None else environ
     raw: dict[str, tuple[str, Any]] = {}  # name -> (where it came from, value)
 
-    file_name = config_file or (Path(env[f"{ENV_PREFIX}CONFIG"]) if env.get(
-        f"{ENV_PREFIX}CONFIG") else None)
+    file_name = config_file or (
+        Path(env[f"{ENV_PREFIX}CONFIG"]) if env.get(f"{ENV_PREFIX}CONFIG") else None
+    )
     if file_name is not None:
         for key, value in _read_toml(file_name).items():
             if key not in _CONVERTERS:

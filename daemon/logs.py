@@ -16,12 +16,17 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 _MASK = "***"
 # The password part of a URL: scheme://user:PASSWORD@host
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)",
-                           re.IGNORECASE)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.IGNORECASE
+)
 # libpq key=value form: password=SECRET
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.IGNORECASE)
 
@@ -69,8 +74,9 @@ def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
-def configure(*, log_format: str = "auto", level: str = "info",
-              stream: TextIO | None = None) -> None:
+def configure(
+    *, log_format: str = "auto", level: str = "info", stream: TextIO | None = None
+) -> None:
     """Configure structlog for the whole process. Safe to call more than once."""
     out = stream or sys.stderr
     use_console = log_format == "console" or (log_format == "auto" and out.isatty())
@@ -87,7 +93,12 @@ def configure(*, log_format: str = "auto", level: str = "info",
     )
     # Exceptions are rendered to text before redaction so that a password inside an
     # exception message is masked too.
-    processors = [*shared, structlog.processors.format_exc_info, _redact_values, renderer]
+    processors: list[Processor] = [
+        *shared,
+        structlog.processors.format_exc_info,
+        _redact_values,
+        renderer,
+    ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -97,5 +108,9 @@ def configure(*, log_format: str = "auto", level: str = "info",
 
 
 def get_logger(**bound: Any) -> Any:
-    """A structlog logger with `bound` values on every line."""
-    return structlog.get_logger().bind(**bound)
+    """A structlog logger with `bound` values on every line.
+
+    Lazy: it reads the configuration when it first logs, so module-level loggers follow
+    `configure()` (and `structlog.testing.capture_logs`) made after import.
+    """
+    return structlog.get_logger(**bound)

@@ -14,7 +14,12 @@ import typing
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    Row = Mapping[str, Any] | asyncpg.Record
 
 T = TypeVar("T")
 
@@ -168,10 +173,7 @@ def _decode(hint: Any, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
     raise TypeError(f"no JSON decoder for {hint!r}")
 
 
-_RECORD = {"frozen": True, "slots": True, "kw_only": True}
-
-
-@dataclasses.dataclass(**_RECORD)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PendingQuestion(_Json):
     """A question a supervisor asked a person and still waits on."""
 
@@ -183,7 +185,7 @@ class PendingQuestion(_Json):
     asked_at: datetime
 
 
-@dataclasses.dataclass(**_RECORD)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorState(_Json):
     """One row of supervisor_states, decoded and typed."""
 
@@ -211,7 +213,7 @@ class SupervisorState(_Json):
     agent: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
+    def from_row(cls, row: Row) -> Self:
         """Decode a supervisor_states row; raises ValueError naming the bad column."""
         data = {camel(key): row[key] for key in _STATE_COLUMNS if key in row}
         return cls.from_json(data)
@@ -220,7 +222,7 @@ class SupervisorState(_Json):
 _STATE_COLUMNS = tuple(field.name for field in dataclasses.fields(SupervisorState))
 
 
-@dataclasses.dataclass(**_RECORD)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateSupervisorStateRequest(_Json):
     """A partial update of the detailed state; None leaves a column as it is."""
 
@@ -230,7 +232,7 @@ class UpdateSupervisorStateRequest(_Json):
     error_message: str | None = None
 
 
-@dataclasses.dataclass(**_RECORD)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StateValidationResult(_Json):
     """What validation found in a stored state, and what restoration should do."""
 
@@ -239,7 +241,7 @@ class StateValidationResult(_Json):
     recovery_action: StateRecoveryAction
 
 
-@dataclasses.dataclass(**_RECORD)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorRestorationContext(_Json):
     """The outcome of restoring one supervisor, handed to its agent."""
 
@@ -254,7 +256,7 @@ class SupervisorRestorationContext(_Json):
     warnings: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(**_RECORD)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorTask(_Json):
     """A task a supervisor spawned."""
 
@@ -267,5 +269,5 @@ class SupervisorTask(_Json):
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Self:
+    def from_row(cls, row: Row) -> Self:
         return cls.from_json({camel(key): row[key] for key in row.keys()})  # noqa: SIM118

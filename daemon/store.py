@@ -75,11 +75,20 @@ class Store:
         """UPSERT every state column of `state` (ownership columns are left alone)."""
         row = await self._fetchrow(
             "save_supervisor_state_full",
-            state.id, state.contract_id, state.task_id,
-            list(state.conversation_history), list(state.pending_task_ids), state.phase,
-            state.last_activity, state.state.value, state.current_activity, state.progress,
-            state.error_message, list(state.spawned_task_ids),
-            [q.to_json() for q in state.pending_questions], state.restoration_count,
+            state.id,
+            state.contract_id,
+            state.task_id,
+            list(state.conversation_history),
+            list(state.pending_task_ids),
+            state.phase,
+            state.last_activity,
+            state.state.value,
+            state.current_activity,
+            state.progress,
+            state.error_message,
+            list(state.spawned_task_ids),
+            [q.to_json() for q in state.pending_questions],
+            state.restoration_count,
             state.last_restored_at,
             state.restoration_source.value if state.restoration_source else None,
             state.agent,
@@ -113,9 +122,12 @@ class Store:
         self, supervisor_id: uuid.UUID, request: UpdateSupervisorStateRequest
     ) -> SupervisorState:
         row = await self._require(
-            "update_supervisor_detailed_state", supervisor_id,
+            "update_supervisor_detailed_state",
+            supervisor_id,
             request.state.value if request.state else None,
-            request.current_activity, request.progress, request.error_message,
+            request.current_activity,
+            request.progress,
+            request.error_message,
         )
         return SupervisorState.from_row(row)
 
@@ -130,7 +142,9 @@ class Store:
     ) -> None:
         """Append `question` (once per id); the supervisor now waits for its user."""
         await self._require(
-            "add_supervisor_pending_question", supervisor_id, question.to_json(),
+            "add_supervisor_pending_question",
+            supervisor_id,
+            question.to_json(),
             str(question.id),
         )
 
@@ -170,8 +184,11 @@ class Store:
         progress: int | None = None,
     ) -> None:
         await self._require(
-            "update_supervisor_heartbeat_state", supervisor_id,
-            state.value if state else None, current_activity, progress,
+            "update_supervisor_heartbeat_state",
+            supervisor_id,
+            state.value if state else None,
+            current_activity,
+            progress,
         )
 
     # -- tasks and checkpoints ------------------------------------------------------
@@ -187,16 +204,15 @@ class Store:
         self, supervisor_id: uuid.UUID, *, task_id: uuid.UUID | None = None, spec: Any = None
     ) -> SupervisorTask:
         row = await self._fetchrow("create_task", task_id or uuid.uuid4(), supervisor_id, spec)
-        assert row is not None
+        if row is None:  # INSERT ... RETURNING always yields its row
+            raise NotFoundError(f"task for supervisor {supervisor_id} was not created")
         return SupervisorTask.from_row(row)
 
     async def get_task(self, task_id: uuid.UUID) -> SupervisorTask | None:
         row = await self._fetchrow("get_task", task_id)
         return None if row is None else SupervisorTask.from_row(row)
 
-    async def list_tasks_for_supervisor(
-        self, supervisor_id: uuid.UUID
-    ) -> Sequence[SupervisorTask]:
+    async def list_tasks_for_supervisor(self, supervisor_id: uuid.UUID) -> Sequence[SupervisorTask]:
         rows = await self._fetch("list_tasks_for_supervisor", supervisor_id)
         return [SupervisorTask.from_row(row) for row in rows]
 

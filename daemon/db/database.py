@@ -66,7 +66,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         dsn,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        timeout=settings.connect_timeout_s,
+        connect_timeout=settings.connect_timeout_s,
     )
     try:
         yield Database(dsn=dsn, pool=pool, embedded=is_embedded)

@@ -12,6 +12,7 @@ user and opens the directories above pgdata for traversal; pgdata itself stays 0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -57,10 +58,9 @@ def _undo_fresh_start(pgdata: Path) -> None:
 
     if (pgdata / "postmaster.pid").exists():
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        try:
+        # Nothing may be running; removing the directory is what matters.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             embedded_postgres.pg_ctl(["-m", "immediate", "-w", "stop"], pgdata=pgdata, user=user)
-        except (OSError, subprocess.SubprocessError):
-            pass  # nothing is running; removing the directory is what matters
     shutil.rmtree(pgdata, ignore_errors=True)
 
 

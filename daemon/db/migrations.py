@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from daemon.db.pool import AnyConnection
 from daemon.errors import MigrationError, map_db_errors
 from daemon.logs import get_logger
 
@@ -66,8 +67,9 @@ def discover(directory: Path | None = None) -> list[Migration]:
                 f"migration file {path.name} is not named YYYYMMDDHHMMSS_description.sql"
             )
         data = path.read_bytes()
-        found.append(Migration(name=path.name, sql=data.decode(),
-                               checksum=hashlib.sha256(data).hexdigest()))
+        found.append(
+            Migration(name=path.name, sql=data.decode(), checksum=hashlib.sha256(data).hexdigest())
+        )
     return found
 
 
@@ -80,13 +82,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def _applied(conn: asyncpg.Connection[Any]) -> dict[str, asyncpg.Record]:
+async def _applied(conn: AnyConnection) -> dict[str, asyncpg.Record]:
     rows = await conn.fetch("SELECT name, checksum, applied_at FROM schema_migrations")
     return {row["name"]: row for row in rows}
 
 
 async def _adopt_original_schema(
-    conn: asyncpg.Connection[Any], known: list[Migration], applied: dict[str, Any]
+    conn: AnyConnection, known: list[Migration], applied: dict[str, Any]
 ) -> None:
     """Record the original system's steps that its tables already reflect."""
     if applied:
@@ -105,7 +107,8 @@ async def _adopt_original_schema(
         migration = by_name[name]
         await conn.execute(
             "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
-            name, migration.checksum,
+            name,
+            migration.checksum,
         )
         log.info("migration.adopted", migration=name)
 
@@ -121,7 +124,7 @@ def _check_unmodified(known: list[Migration], applied: dict[str, Any]) -> None:
 
 
 async def migrate(
-    conn: asyncpg.Connection[Any], *, directory: Path | None = None, target: str | None = None
+    conn: AnyConnection, *, directory: Path | None = None, target: str | None = None
 ) -> list[str]:
     """Apply pending migrations (up to and including `target`); return their names."""
     known = discover(directory)
@@ -144,7 +147,8 @@ async def migrate(
                         await conn.execute(migration.sql)
                         await conn.execute(
                             "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
-                            migration.name, migration.checksum,
+                            migration.name,
+                            migration.checksum,
                         )
                 except asyncpg.PostgresError as exc:
                     raise MigrationError(f"migration {migration.name} failed: {exc}") from exc
@@ -155,9 +159,7 @@ async def migrate(
     return done
 
 
-async def status(
-    conn: asyncpg.Connection[Any], *, directory: Path | None = None
-) -> list[MigrationStatus]:
+async def status(conn: AnyConnection, *, directory: Path | None = None) -> list[MigrationStatus]:
     """Every migration on disk (applied, pending or modified) and unknown applied ones."""
     known = discover(directory)
     with map_db_errors():

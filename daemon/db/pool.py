@@ -7,25 +7,23 @@ errors with the password masked, since asyncpg sometimes echoes the DSN.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
+import asyncpg.pool
 
-from daemon.errors import ConfigError, map_db_errors
+from daemon.errors import ConfigError, DatabaseError, map_db_errors
 from daemon.logs import redact
 
-Connection = asyncpg.Connection
-Pool = asyncpg.Pool
+# What the store and the runner accept: a plain connection or one borrowed from a pool.
+# (A string: asyncpg's classes are generic only in its stubs.)
+AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 
 async def init_connection(conn: asyncpg.Connection[Any]) -> None:
-    await conn.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-    )
-    await conn.set_type_codec(
-        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-    )
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 def describe(dsn: str) -> str:
@@ -42,29 +40,34 @@ def describe(dsn: str) -> str:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 10.0
+    dsn: str, *, min_size: int = 2, max_size: int = 10, connect_timeout: float = 10.0
 ) -> asyncpg.Pool[Any]:
     """Open a pool; an unreachable or refusing server is a ConfigError (exit 78)."""
     try:
         with map_db_errors():
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=timeout,
-                init=init_connection, command_timeout=None,
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=connect_timeout,
+                init=init_connection,
+                command_timeout=None,
             )
-    except Exception as exc:
+    except (DatabaseError, ValueError) as exc:
         raise ConfigError(
             f"cannot connect to the database at {describe(dsn)}: {redact(str(exc))}"
         ) from None
-    assert pool is not None
+    if pool is None:  # asyncpg types it Optional; it never is after awaiting
+        raise ConfigError(f"cannot open a pool to {describe(dsn)}")
     return pool
 
 
-async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]:
+async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection[Any]:
     """One connection with the standard codecs (migrations, LISTEN, the CLI)."""
     try:
         with map_db_errors():
-            conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
-    except Exception as exc:
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=connect_timeout)
+    except (DatabaseError, ValueError) as exc:
         raise ConfigError(
             f"cannot connect to the database at {describe(dsn)}: {redact(str(exc))}"
         ) from None

@@ -13,9 +13,8 @@ import socket
 from typing import Any
 
 import anyio
-import anyio.abc
 
-from daemon import __version__
+from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import migrations
 from daemon.db.database import open_database
@@ -37,10 +36,11 @@ async def _renew_lease(registry: DaemonRegistry, daemon_id: str, log: Any) -> No
             log.warning("daemon.lease_renewal_failed", error=str(exc))
 
 
-async def _wait_for_stop(scope: anyio.abc.CancelScope, log: Any) -> None:
+async def _wait_for_stop(scope: anyio.CancelScope, log: Any) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            systemd.stopping()
             scope.cancel()
             return
 
@@ -50,14 +50,21 @@ async def run_daemon(settings: Settings) -> None:
     set_daemon_id(daemon_id)
     log = get_logger()
     log.info("daemon.starting", version=__version__, pid=os.getpid())
+    systemd.status("opening the database")
     async with open_database(settings) as db:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
         registry = DaemonRegistry(db.pool)
-        await registry.register(daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
-                                version=__version__, lease_s=LEASE_S)
+        await registry.register(
+            daemon_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            lease_s=LEASE_S,
+        )
         log.info("daemon.ready")
+        systemd.ready(f"ready: daemon {daemon_id}")
         async with anyio.create_task_group() as tg:
             tg.start_soon(_renew_lease, registry, daemon_id, log)
             await _wait_for_stop(tg.cancel_scope, log)

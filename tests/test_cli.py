@@ -1,0 +1,98 @@
+"""The command line as a person meets it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.db import migrations
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url at all",
+        "postgresql://app:pw-in-bad-url@db:notaport/prod",
+        "postgresql://app:pw-unreachable@127.0.0.1:1/prod",
+    ],
+)
+def test_bad_or_unreachable_database_is_exit_78_one_line(url: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "migrate",
+        env={"SUPERVISOR_DAEMON_DATABASE_URL": url, "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("supervisor-daemon: error: ")
+    assert "Traceback" not in result.stderr
+    assert "pw-" not in result.stderr + result.stdout
+
+
+def test_migrate_then_status_on_an_external_url(dsn: str, empty_dsn: str) -> None:
+    env = {"SUPERVISOR_DAEMON_DATABASE_URL": empty_dsn, "SUPERVISOR_DAEMON_LOG_FORMAT": "json"}
+    before = run_cli("migrate", "--status", env=env)
+    assert before.returncode == 1  # pending migrations
+    assert all(line.startswith("pending") for line in before.stdout.splitlines())
+    applied = run_cli("migrate", env=env)
+    assert applied.returncode == 0, applied.stderr
+    after = run_cli("migrate", "--status", env=env)
+    assert after.returncode == 0, after.stderr
+    names = [m.name for m in migrations.discover()]
+    listed = [line.split()[1] for line in after.stdout.splitlines()]
+    assert listed == names
+    assert all(line.startswith("applied") for line in after.stdout.splitlines())
+
+
+def test_migrate_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {"SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path / "data")}
+    try:
+        applied = run_cli("migrate", env=env, timeout=120)
+        assert applied.returncode == 0, applied.stderr
+        status = run_cli("migrate", "--status", env=env, timeout=120)
+        assert status.returncode == 0, status.stderr
+        assert len(status.stdout.splitlines()) == len(migrations.discover())
+        assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
+        # The last CLI process stopped the embedded server as it exited.
+        assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
+    finally:
+        subprocess.run(["pkill", "-f", str(tmp_path / "data" / "pgdata")], check=False)
+
+
+def test_supervisors_create_list_show(dsn: str) -> None:
+    env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
+    created = run_cli("supervisors", "create", "--agent", "daemon.agents.demo:run", env=env)
+    assert created.returncode == 0, created.stderr
+    supervisor_id = created.stdout.strip()
+    listed = run_cli("supervisors", "list", env=env)
+    assert supervisor_id in listed.stdout
+    shown = run_cli("supervisors", "show", supervisor_id, env=env)
+    assert '"agent": "daemon.agents.demo:run"' in shown.stdout
+    missing = run_cli("supervisors", "show", "00000000-0000-0000-0000-000000000000", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith("does not exist")
+
+
+def test_bad_usage_is_exit_2() -> None:
+    result = run_cli("supervisors", "show", "not-a-uuid")
+    assert result.returncode == 2
+    assert "is not a UUID" in result.stderr

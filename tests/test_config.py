@@ -1,0 +1,83 @@
+"""Settings from defaults, a TOML file and the environment, validated at the edge."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ensure_data_dir, load_settings, resolve_daemon_id
+from daemon.errors import ConfigError
+
+
+def test_defaults_use_the_embedded_database() -> None:
+    settings = load_settings({})
+    assert settings.database_url is None
+    assert settings.uses_embedded_database
+    assert settings.data_dir.name == "supervisor-daemon"
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    toml = tmp_path / "daemon.toml"
+    toml.write_text('[supervisor_daemon]\npool_max_size = 20\nlog_format = "console"\n')
+    settings = load_settings({"SUPERVISOR_DAEMON_POOL_MAX_SIZE": "30"}, config_file=toml)
+    assert settings.pool_max_size == 30
+    assert settings.log_format == "console"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SUPERVISOR_DAEMON_DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL must start"),
+        ({"SUPERVISOR_DAEMON_DATABASE_URL": "postgresql://u:p@h:port/db"}, "not a valid URL"),
+        ({"SUPERVISOR_DAEMON_POOL_MAX_SIZE": "0"}, "POOL_MAX_SIZE must be a positive"),
+        ({"SUPERVISOR_DAEMON_POOL_MAX_SIZE": "ten"}, "POOL_MAX_SIZE"),
+        ({"SUPERVISOR_DAEMON_LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of"),
+        ({"SUPERVISOR_DAEMON_POOL_MIN_SIZE": "20"}, "larger than"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_bad_url_error_does_not_echo_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"SUPERVISOR_DAEMON_DATABASE_URL": "postgresql://u:topsecret@h:x/db"})
+    assert "topsecret" not in str(info.value)
+
+
+def test_unknown_file_setting_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "daemon.toml"
+    toml.write_text("pool_maxsize = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'pool_maxsize'"):
+        load_settings({}, config_file=toml)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({"SUPERVISOR_DAEMON_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_data_dir_is_private(tmp_path: Path) -> None:
+    target = tmp_path / "state" / "supervisor-daemon"
+    ensure_data_dir(target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+
+
+def test_generated_daemon_id_is_stable(tmp_path: Path) -> None:
+    settings = load_settings({"SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path)})
+    first = resolve_daemon_id(settings)
+    assert first == resolve_daemon_id(settings)
+    assert (
+        resolve_daemon_id(
+            load_settings(
+                {
+                    "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),
+                    "SUPERVISOR_DAEMON_DAEMON_ID": "d-7",
+                }
+            )
+        )
+        == "d-7"
+    )
