@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from daemon.batch import Batch
 from daemon.db.queries import queries
 from daemon.errors import NotFoundError, map_db_errors
 from daemon.models import (
@@ -253,4 +254,36 @@ class DaemonRegistry:
     async def list(self) -> list[dict[str, Any]]:
         with map_db_errors():
             rows = await self._pool.fetch(queries["list_daemons"])
+        return [dict(row) for row in rows]
+
+
+class EventStore:
+    """The persistence queue's operations: set-based batch writes and the journal."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def apply_batch(self, batch: Batch) -> list[uuid.UUID]:
+        """Write a folded batch in one statement; return supervisors left untouched."""
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["apply_batch"], *batch.parameters())
+        return [row[0] for row in rows]
+
+    async def supervisors_without_event(
+        self, last_events: dict[uuid.UUID, uuid.UUID]
+    ) -> set[uuid.UUID]:
+        """Supervisors whose newest journal entry is not the given event."""
+        with map_db_errors():
+            rows = await self._pool.fetch(
+                queries["supervisors_without_event"], list(last_events), list(last_events.values())
+            )
+        return {row[0] for row in rows}
+
+    async def list_events(
+        self, supervisor_id: uuid.UUID, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        with map_db_errors():
+            rows = await self._pool.fetch(
+                queries["list_supervisor_events"], supervisor_id, after_seq, limit
+            )
         return [dict(row) for row in rows]

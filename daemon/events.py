@@ -1,0 +1,198 @@
+"""Save-point events: what a running supervisor asks the persistence queue to write.
+
+An event is a small slotted object: its own id, the supervisor it belongs to, a kind,
+and a dict of data (which is also the journal payload). Constructors validate at the
+edge, so that a constraint violation in the database is the exception, not the rule.
+Heartbeat and progress are not critical: they are acknowledged at once and coalesced;
+every other kind is acknowledged only once committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import uuid
+from typing import Any
+
+from daemon.models import PHASES, PendingQuestion, SupervisorStateKind
+
+
+class EventKind(enum.StrEnum):
+    TASK_SPAWNED = "task_spawned"
+    QUESTION_ASKED = "question_asked"
+    QUESTION_ANSWERED = "question_answered"
+    PHASE_CHANGED = "phase_changed"
+    ACTIVITY_REPORTED = "activity_reported"
+    STATE_CHANGED = "state_changed"
+    MESSAGE_APPENDED = "message_appended"
+    HEARTBEAT = "heartbeat"
+    PROGRESS_REPORTED = "progress_reported"
+
+
+COALESCED_KINDS = frozenset({EventKind.HEARTBEAT, EventKind.PROGRESS_REPORTED})
+_STATES = frozenset(SupervisorStateKind)
+_PHASES = frozenset(PHASES)
+_MAX_TEXT = 64 * 1024
+
+# Event ids: a random 64-bit prefix per process and a counter. Unique across processes
+# with overwhelming probability, and about five times cheaper than uuid4() per event,
+# which matters at 100,000 events per second.
+_ID_PREFIX = int.from_bytes(os.urandom(8), "big") << 64
+_counter = 0
+
+
+def new_event_id() -> uuid.UUID:
+    global _counter  # noqa: PLW0603 - a process-wide counter is the point
+    _counter += 1
+    return uuid.UUID(int=_ID_PREFIX | _counter)
+
+
+class Event:
+    """One save point. `data` is the journal payload (JSON-serialisable)."""
+
+    __slots__ = ("critical", "data", "epoch", "id", "kind", "supervisor_id")
+
+    def __init__(
+        self,
+        kind: EventKind,
+        supervisor_id: uuid.UUID,
+        data: dict[str, Any],
+        *,
+        epoch: int | None = None,
+    ) -> None:
+        self.id = new_event_id()
+        self.kind = kind
+        self.supervisor_id = supervisor_id
+        self.data = data
+        self.epoch = epoch
+        self.critical = kind not in COALESCED_KINDS
+
+    def __repr__(self) -> str:
+        return f"Event({self.kind.value}, supervisor={self.supervisor_id}, id={self.id})"
+
+
+def _text(name: str, value: str | None, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"{name} is longer than {_MAX_TEXT} characters")
+    return value
+
+
+def _progress(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"progress must be an integer from 0 to 100, not {value!r}")
+    return value
+
+
+def task_spawned(
+    supervisor_id: uuid.UUID,
+    task_id: uuid.UUID,
+    *,
+    spec: Any = None,
+    awaited: bool = True,
+    epoch: int | None = None,
+) -> Event:
+    """A task was spawned: its row is created and its id recorded (and awaited)."""
+    return Event(
+        EventKind.TASK_SPAWNED,
+        supervisor_id,
+        {"taskId": str(task_id), "spec": spec, "awaited": bool(awaited)},
+        epoch=epoch,
+    )
+
+
+def question_asked(
+    supervisor_id: uuid.UUID, question: PendingQuestion, *, epoch: int | None = None
+) -> Event:
+    _text("question", question.question, required=True)
+    return Event(EventKind.QUESTION_ASKED, supervisor_id, question.to_json(), epoch=epoch)
+
+
+def question_answered(
+    supervisor_id: uuid.UUID,
+    question_id: uuid.UUID,
+    answer: str,
+    *,
+    answered_by: str | None = None,
+    epoch: int | None = None,
+) -> Event:
+    _text("answer", answer, required=True)
+    return Event(
+        EventKind.QUESTION_ANSWERED,
+        supervisor_id,
+        {"questionId": str(question_id), "answer": answer, "answeredBy": answered_by},
+        epoch=epoch,
+    )
+
+
+def phase_changed(supervisor_id: uuid.UUID, phase: str, *, epoch: int | None = None) -> Event:
+    if phase not in _PHASES:
+        raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+    return Event(EventKind.PHASE_CHANGED, supervisor_id, {"phase": phase}, epoch=epoch)
+
+
+def activity_reported(
+    supervisor_id: uuid.UUID, activity: str, *, epoch: int | None = None
+) -> Event:
+    _text("activity", activity, required=True)
+    return Event(EventKind.ACTIVITY_REPORTED, supervisor_id, {"activity": activity}, epoch=epoch)
+
+
+def state_changed(
+    supervisor_id: uuid.UUID,
+    state: SupervisorStateKind | str,
+    *,
+    activity: str | None = None,
+    error_message: str | None = None,
+    progress: int | None = None,
+    epoch: int | None = None,
+) -> Event:
+    """A state change; `failed` and `blocked` need an error message saying why."""
+    if state not in _STATES:
+        raise ValueError(f"unknown state {state!r}")
+    kind = SupervisorStateKind(state)
+    if kind in (SupervisorStateKind.FAILED, SupervisorStateKind.BLOCKED) and not error_message:
+        raise ValueError(f"state {kind.value} needs an error message")
+    data: dict[str, Any] = {"state": kind.value, "errorMessage": _text("error", error_message)}
+    if activity is not None:
+        data["activity"] = _text("activity", activity)
+    if progress is not None:
+        data["progress"] = _progress(progress)
+    return Event(EventKind.STATE_CHANGED, supervisor_id, data, epoch=epoch)
+
+
+def completed(supervisor_id: uuid.UUID, *, epoch: int | None = None) -> Event:
+    return state_changed(supervisor_id, SupervisorStateKind.COMPLETED, progress=100, epoch=epoch)
+
+
+def failed(supervisor_id: uuid.UUID, error_message: str, *, epoch: int | None = None) -> Event:
+    return state_changed(
+        supervisor_id, SupervisorStateKind.FAILED, error_message=error_message, epoch=epoch
+    )
+
+
+def message_appended(supervisor_id: uuid.UUID, message: Any, *, epoch: int | None = None) -> Event:
+    """One message appended to the conversation history."""
+    return Event(EventKind.MESSAGE_APPENDED, supervisor_id, {"message": message}, epoch=epoch)
+
+
+def heartbeat(supervisor_id: uuid.UUID, *, epoch: int | None = None) -> Event:
+    return Event(EventKind.HEARTBEAT, supervisor_id, {}, epoch=epoch)
+
+
+def progress_reported(
+    supervisor_id: uuid.UUID,
+    progress: int,
+    *,
+    activity: str | None = None,
+    epoch: int | None = None,
+) -> Event:
+    data: dict[str, Any] = {"progress": _progress(progress)}
+    if activity is not None:
+        data["activity"] = _text("activity", activity)
+    return Event(EventKind.PROGRESS_REPORTED, supervisor_id, data, epoch=epoch)

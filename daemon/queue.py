@@ -1,0 +1,355 @@
+"""The persistence queue: every save point of a running supervisor goes through here.
+
+Contract (SPEC.md, "Durability contract"):
+- `submit` of a critical event returns only after the transaction holding it committed;
+  heartbeat and progress return at once and are coalesced (newest per supervisor).
+- One flusher writes everything queued (up to a batch size) with one set-based
+  statement, which is one implicit transaction: group commit. Batches are written one
+  after the other, so per-supervisor order holds.
+- Transient failures are retried with exponential backoff and jitter, for as long as
+  the daemon runs. Before a retry, the journal tells whether the failed attempt in fact
+  committed (the connection can die during COMMIT), so no event is applied twice.
+- A permanent failure is bisected until the bad event is alone: it fails its submitter,
+  the rest of the batch commits.
+- The queue is bounded; a full queue makes submitters wait. Nothing accepted is dropped.
+- `drain` stops intake and writes what is queued within a deadline, shielded from
+  cancellation; what it could not write was never acknowledged and is logged.
+
+The queue runs on anyio's asyncio backend and uses asyncio futures for acknowledgements:
+one future per critical event is the cheapest wake-up there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from daemon.batch import fold
+from daemon.errors import (
+    DaemonError,
+    NotFoundError,
+    PermanentDatabaseError,
+    TransientDatabaseError,
+)
+from daemon.events import Event
+from daemon.logs import get_logger
+from daemon.store import EventStore
+
+log = get_logger()
+
+
+class QueueClosedError(DaemonError):
+    """The queue stopped taking events, or stopped before writing this one."""
+
+
+class EventRejectedError(DaemonError):
+    """The database refused this event (a constraint, an unknown supervisor)."""
+
+
+@dataclasses.dataclass(slots=True)
+class QueueCounters:
+    """Counters readable in-process (later exported as metrics)."""
+
+    submitted: int = 0  # critical events accepted
+    coalesced: int = 0  # heartbeat/progress accepted
+    written: int = 0  # critical events committed and acknowledged
+    rejected: int = 0  # critical events failed by the database
+    abandoned: int = 0  # critical events never written (stop deadline)
+    batches: int = 0
+    batch_events_max: int = 0
+    flush_seconds_total: float = 0.0
+    flush_seconds_max: float = 0.0
+    retries: int = 0
+    backpressure_waits: int = 0
+
+    def snapshot(self, queued: int) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["queued"] = queued
+        data["batch_events_mean"] = self.written / self.batches if self.batches else 0.0
+        return data
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DrainReport:
+    written: int
+    abandoned: int
+    seconds: float
+
+
+def _set_result(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled submitter's event is still written
+        future.set_result(None)
+
+
+def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class PersistenceQueue:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_events: int = 100_000,
+        batch_size: int = 5_000,
+        flush_delay_s: float = 0.0,
+        drain_timeout_s: float = 10.0,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._max_events = max_events
+        self._batch_size = batch_size
+        self._flush_delay_s = flush_delay_s
+        self._drain_timeout_s = drain_timeout_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._events: list[Event] = []
+        self._futures: list[asyncio.Future[None]] = []
+        # supervisor id -> (position in _events when it arrived, newest event)
+        self._coalesced: dict[uuid.UUID, tuple[int, Event]] = {}
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closed = False
+        self._stopped = asyncio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._inflight: Sequence[asyncio.Future[None]] = ()
+        self.counters = QueueCounters()
+
+    # -- intake -------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._events)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def submit(self, event: Event) -> None:
+        """Queue `event`; for a critical one, return once it is committed.
+
+        Raises EventRejectedError when the database refuses the event, QueueClosedError
+        when the queue stopped first. Cancelling the caller does not withdraw the event.
+        """
+        if self._closed:
+            raise QueueClosedError("the persistence queue is stopped")
+        if not event.critical:
+            self._coalesced[event.supervisor_id] = (len(self._events), event)
+            self.counters.coalesced += 1
+            self._wakeup.set()
+            return
+        while len(self._events) >= self._max_events:
+            self.counters.backpressure_waits += 1
+            self._space.clear()
+            await self._space.wait()
+            if self._closed:
+                raise QueueClosedError("the persistence queue is stopped")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._events.append(event)
+        self._futures.append(future)
+        self.counters.submitted += 1
+        self._wakeup.set()
+        await future
+
+    def submit_nowait(self, event: Event) -> None:
+        """Queue a heartbeat or progress event (never waits, never fails on a full queue)."""
+        if event.critical:
+            raise ValueError(f"{event.kind.value} is critical: use `await submit(...)`")
+        if self._closed:
+            raise QueueClosedError("the persistence queue is stopped")
+        self._coalesced[event.supervisor_id] = (len(self._events), event)
+        self.counters.coalesced += 1
+        self._wakeup.set()
+
+    # -- the flusher --------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The flusher. Start it in a task group; it returns once drained."""
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                task_status.started()
+                while not (self._closed and not self._events and not self._coalesced):
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    if self._flush_delay_s and not self._closed:
+                        await anyio.sleep(self._flush_delay_s)
+                    while self._events or self._coalesced:
+                        await self._flush_once()
+        finally:
+            self._abandon_rest()
+            self._stopped.set()
+
+    async def _flush_once(self) -> None:
+        count = min(len(self._events), self._batch_size)
+        events = self._events[:count]
+        futures = self._futures[:count]
+        del self._events[:count]
+        del self._futures[:count]
+        coalesced = list(self._coalesced.values())
+        self._coalesced = {}
+        if not self._space.is_set() and len(self._events) < self._max_events:
+            self._space.set()
+        started = time.perf_counter()
+        self._inflight = futures
+        await self._write(events, futures, coalesced)
+        self._inflight = ()
+        elapsed = time.perf_counter() - started
+        counters = self.counters
+        counters.batches += 1
+        counters.flush_seconds_total += elapsed
+        counters.flush_seconds_max = max(counters.flush_seconds_max, elapsed)
+        counters.batch_events_max = max(counters.batch_events_max, count)
+
+    async def _write(
+        self,
+        events: Sequence[Event],
+        futures: Sequence[asyncio.Future[None]],
+        coalesced: Sequence[tuple[int, Event]],
+    ) -> None:
+        """Write one batch; on a permanent error, split it until the bad event is alone."""
+        try:
+            missing = await self._apply_with_retries(events, coalesced)
+        except PermanentDatabaseError as exc:
+            if len(events) <= 1:
+                if events:
+                    self._reject(events[0], futures[0], exc)
+                else:
+                    log.error("queue.coalesced_dropped", count=len(coalesced), error=str(exc))
+                return
+            half = len(events) // 2
+            await self._write(events[:half], futures[:half], coalesced)
+            await self._write(events[half:], futures[half:], ())
+            return
+        written = 0
+        for event, future in zip(events, futures, strict=True):
+            if missing and event.supervisor_id in missing:
+                self._reject(
+                    event,
+                    future,
+                    NotFoundError(
+                        f"supervisor {event.supervisor_id} does not exist or is owned by another"
+                        " daemon (epoch mismatch)"
+                    ),
+                )
+            else:
+                written += 1
+                _set_result(future)
+        self.counters.written += written
+
+    def _reject(self, event: Event, future: asyncio.Future[None], exc: Exception) -> None:
+        self.counters.rejected += 1
+        log.warning(
+            "queue.event_rejected",
+            supervisor_id=str(event.supervisor_id),
+            event_id=str(event.id),
+            kind=event.kind.value,
+            error=str(exc),
+        )
+        _set_exception(future, EventRejectedError(f"{event.kind.value} rejected: {exc}"))
+
+    async def _apply_with_retries(
+        self, events: Sequence[Event], coalesced: Sequence[tuple[int, Event]]
+    ) -> set[uuid.UUID]:
+        batch = fold(events, coalesced)
+        attempt_failed = False
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientDatabaseError),
+            wait=wait_exponential_jitter(multiplier=self._retry_initial_s, max=self._retry_max_s),
+            stop=stop_never,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt_failed and batch.last_event:
+                    # The failed attempt may have committed (connection lost during
+                    # COMMIT): the journal's newest entries tell.
+                    absent = await self._store.supervisors_without_event(batch.last_event)
+                    if len(absent) < len(batch.last_event):
+                        return absent
+                attempt_failed = True
+                return set(await self._store.apply_batch(batch))
+        raise AssertionError("unreachable: tenacity retries forever or re-raises")
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        self.counters.retries += 1
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        log.warning(
+            "queue.retry",
+            attempt=state.attempt_number,
+            error=str(error),
+            sleep_s=round(state.upcoming_sleep, 3),
+            queued=len(self._events),
+        )
+
+    # -- stop ---------------------------------------------------------------------------
+
+    async def drain(self) -> DrainReport:
+        """Stop intake and write what is queued within the deadline (shielded)."""
+        started = time.perf_counter()
+        written_before = self.counters.written
+        self._closed = True
+        self._wakeup.set()
+        self._space.set()  # submitters waiting for room see the queue is closed
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._drain_timeout_s):
+                await self._stopped.wait()
+            if not self._stopped.is_set() and self._scope is not None:
+                self._scope.cancel()
+                await self._stopped.wait()
+        report = DrainReport(
+            written=self.counters.written - written_before,
+            abandoned=self.counters.abandoned,
+            seconds=time.perf_counter() - started,
+        )
+        event = "queue.drained" if not report.abandoned else "queue.drain_incomplete"
+        log.info(
+            event,
+            written=report.written,
+            abandoned=report.abandoned,
+            seconds=round(report.seconds, 3),
+        )
+        return report
+
+    def _abandon_rest(self) -> None:
+        """Fail everything not written: those events were never acknowledged."""
+        inflight = [future for future in self._inflight if not future.done()]
+        if not self._events and not self._coalesced and not inflight:
+            return
+        # An interrupted in-flight batch may or may not have committed: either way it
+        # was never acknowledged, which is all the contract promises.
+        error = QueueClosedError("the persistence queue stopped before writing this event")
+        for future in [*inflight, *self._futures]:
+            _set_exception(future, error)
+        self.counters.abandoned += len(self._events) + len(inflight)
+        log.error(
+            "queue.events_abandoned",
+            critical=len(self._events) + len(inflight),
+            coalesced=len(self._coalesced),
+        )
+        self._inflight = ()
+        self._events.clear()
+        self._futures.clear()
+        self._coalesced.clear()
