@@ -19,8 +19,3 @@ ALTER TABLE supervisor_states
     ADD COLUMN restoration_source TEXT
         CONSTRAINT supervisor_states_restoration_source_check CHECK (restoration_source IN (
             'daemon_restart', 'task_reassignment', 'manual'));
-
-CREATE INDEX idx_supervisor_states_state ON supervisor_states (state);
--- get_supervisors_with_pending_questions scans only rows that have some.
-CREATE INDEX idx_supervisor_states_pending_questions ON supervisor_states (id)
-    WHERE pending_questions <> '[]'::jsonb;

@@ -23,6 +23,14 @@ ALTER TABLE supervisor_states
 
 CREATE INDEX idx_supervisor_states_owner ON supervisor_states (owner_daemon_id);
 
+-- Every save point updates a supervisor's row; keep those updates cheap:
+-- - free space on each page and no index on a column that changes often (state,
+--   pending_questions), so updates are HOT (no index writes);
+-- - large values (the conversation history above all) stored out of line as soon as
+--   a row passes 128 bytes, so an update that does not touch them copies a pointer,
+--   not kilobytes of JSON, into the new row version and the WAL.
+ALTER TABLE supervisor_states SET (fillfactor = 70, toast_tuple_target = 128);
+
 CREATE TABLE supervisor_tasks (
     id UUID PRIMARY KEY,
     supervisor_id UUID NOT NULL REFERENCES supervisor_states (id) ON DELETE CASCADE,

@@ -8,7 +8,7 @@ import pytest
 import structlog
 
 from daemon.db import migrations
-from daemon.db.pool import init_connection
+from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.store import Store
 from tests.pg import TestServer
 
@@ -54,7 +54,9 @@ async def empty_dsn(pg_server: TestServer) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    p = await asyncpg.create_pool(dsn, min_size=1, max_size=10, init=init_connection)
+    p = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=10, init=init_connection, server_settings=SERVER_SETTINGS
+    )
     assert p is not None
     yield p
     await p.close()

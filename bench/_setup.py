@@ -1,0 +1,85 @@
+"""Shared set-up for the benchmarks: a fresh embedded PostgreSQL, migrated."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from daemon.db import embedded, migrations
+from daemon.db.database import ensure_database
+from daemon.db.pool import SERVER_SETTINGS, init_connection
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """DSN of a new, migrated database on an embedded server in a temp directory."""
+    dsn_env = os.environ.get("BENCH_DATABASE_URL")
+    if dsn_env:
+        yield dsn_env
+        return
+    root = Path(tempfile.mkdtemp(prefix="sd-bench-"))
+    handle = embedded.start(root)
+    try:
+        await ensure_database(embedded.database_url(handle, "postgres"), "bench")
+        dsn = embedded.database_url(handle, "bench")
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        handle.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def history(n: int = 20) -> list[dict[str, Any]]:
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant",
+         "content": f"message {i}: " + "lorem ipsum dolor sit amet " * 4}
+        for i in range(n)
+    ]
+
+
+async def create_supervisors(
+    pool: asyncpg.Pool[Any], count: int, *, history_len: int = 20, **columns: Any
+) -> list[uuid.UUID]:
+    """`count` supervisors in state working, phase plan, each with a history."""
+    ids = [uuid.uuid4() for _ in range(count)]
+    now = datetime.now(UTC)
+    text = json.dumps(history(history_len))
+    rows = [(i, uuid.uuid4(), uuid.uuid4(), text, "plan", now, "working") for i in ids]
+    await pool.executemany(
+        "INSERT INTO supervisor_states (id, contract_id, task_id, conversation_history, phase,"
+        " last_activity, state) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
+        rows,
+    )
+    return ids
+
+
+async def open_pool(dsn: str, size: int = 10) -> asyncpg.Pool[Any]:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=size, max_size=size, init=init_connection, server_settings=SERVER_SETTINGS
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,346 @@
+"""Benchmark: the persistence queue vs. one awaited UPDATE per save point vs. raw COPY.
+
+1,000 in-process supervisors, a mix of every event kind, on a fresh embedded PostgreSQL,
+all three measured in the same run (the machines are shared and noisy: compare ratios).
+
+(a) the queue, closed loop: each supervisor submits its next event as soon as the last
+    one is acknowledged; sustained acknowledged critical events/s, ack latency p50/p99.
+    Then an open loop at a fixed offered load of 5,000 events/s: ack latency p99.
+(b) the original way: the same workload, one awaited UPDATE per save point through a
+    pool of 10 connections.
+(c) the ceiling: the same journal rows appended with COPY, in batches of 1,000.
+
+`events_per_s` counts acknowledged critical events only; heartbeats and progress are
+extra load. Usage: python bench/persistence.py [--seconds 8] [--supervisors 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._setup import create_supervisors, fresh_database, machine, open_pool  # noqa: E402
+from daemon import events  # noqa: E402
+from daemon.events import Event  # noqa: E402
+from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind  # noqa: E402
+from daemon.queue import PersistenceQueue  # noqa: E402
+from daemon.store import EventStore  # noqa: E402
+
+KINDS = ["task", "ask", "answer", "phase", "activity", "state", "message"]
+WEIGHTS = [30, 10, 10, 5, 25, 15, 5]
+PHASES = ["plan", "implement", "review"]
+STATES = [SupervisorStateKind.WORKING, SupervisorStateKind.WAITING_FOR_TASKS,
+          SupervisorStateKind.IDLE]
+
+
+class Workload:
+    """Per-supervisor event generator: the same sequence logic for every method."""
+
+    def __init__(self, supervisor_id: uuid.UUID, seed: int) -> None:
+        self.sid = supervisor_id
+        self.rng = random.Random(seed)
+        self.open_questions: list[uuid.UUID] = []
+        self.n = 0
+        self.kinds = self.rng.choices(KINDS, WEIGHTS, k=4096)
+
+    def next_kind(self) -> str:
+        kind = self.kinds[self.n % 4096]
+        self.n += 1
+        if kind == "answer" and not self.open_questions:
+            return "activity"
+        if kind == "ask" and len(self.open_questions) >= 2:
+            return "answer"
+        return kind
+
+    def event(self) -> Event:
+        kind = self.next_kind()
+        sid = self.sid
+        if kind == "task":
+            return events.task_spawned(sid, uuid.uuid4(), spec={"command": "true"})
+        if kind == "ask":
+            question = PendingQuestion(
+                id=uuid.uuid4(), question="Proceed?", choices=("yes", "no"),
+                question_type=QuestionType.PHASE_CONFIRMATION,
+                asked_at=_NOW,
+            )
+            self.open_questions.append(question.id)
+            return events.question_asked(sid, question)
+        if kind == "answer":
+            return events.question_answered(sid, self.open_questions.pop(0), "yes")
+        if kind == "phase":
+            return events.phase_changed(sid, PHASES[self.n % 3])
+        if kind == "activity":
+            return events.activity_reported(sid, f"step {self.n}")
+        if kind == "state":
+            return events.state_changed(sid, STATES[self.n % 3])
+        return events.message_appended(sid, {"role": "assistant", "content": f"note {self.n}"})
+
+
+_NOW = __import__("datetime").datetime.now(__import__("datetime").UTC)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def bench_queue(pool: asyncpg.Pool[Any], ids: list[uuid.UUID], seconds: float,
+                      **queue_args: Any) -> dict[str, Any]:
+    queue = PersistenceQueue(EventStore(pool), **queue_args)
+    latencies: list[float] = []
+    acked = 0
+    deadline = 0.0
+    perf = time.perf_counter
+
+    async def supervisor(workload: Workload) -> None:
+        nonlocal acked
+        submit, nowait = queue.submit, queue.submit_nowait
+        sid = workload.sid
+        i = 0
+        while perf() < deadline:
+            event = workload.event()
+            started = perf()
+            await submit(event)
+            latencies.append(perf() - started)
+            acked += 1
+            i += 1
+            if i & 1:
+                nowait(events.progress_reported(sid, i % 101))
+            if i % 10 == 0:
+                nowait(events.heartbeat(sid))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(queue.run)
+        workloads = [Workload(sid, n) for n, sid in enumerate(ids)]
+        # warm-up: prepared statements, caches
+        deadline = perf() + 1.0
+        async with anyio.create_task_group() as warm:
+            for w in workloads:
+                warm.start_soon(supervisor, w)
+        latencies.clear()
+        acked = 0
+        batches_before, written_before = queue.counters.batches, queue.counters.written
+        started = perf()
+        deadline = started + seconds
+        async with anyio.create_task_group() as run:
+            for w in workloads:
+                run.start_soon(supervisor, w)
+        elapsed = perf() - started
+        batches = queue.counters.batches - batches_before
+        written = queue.counters.written - written_before
+        await queue.drain()
+    return {
+        "events_per_s": acked / elapsed,
+        "p50_ack_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ack_ms": percentile(latencies, 0.99) * 1000,
+        "events": acked,
+        "mean_batch": written / batches if batches else 0.0,
+        "counters": queue.counters.snapshot(queue.queued),
+    }
+
+
+async def bench_queue_fixed_rate(pool: asyncpg.Pool[Any], ids: list[uuid.UUID],
+                                 seconds: float, rate: float) -> dict[str, Any]:
+    """Open loop: each supervisor submits on its own schedule, `rate` events/s in all."""
+    queue = PersistenceQueue(EventStore(pool))
+    latencies: list[float] = []
+    interval = len(ids) / rate
+    perf = time.perf_counter
+
+    async def supervisor(workload: Workload, offset: float, start: float, end: float) -> None:
+        next_at = start + offset
+        while next_at < end:
+            delay = next_at - perf()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            event = workload.event()
+            submitted = perf()
+            await queue.submit(event)
+            latencies.append(perf() - submitted)
+            next_at += interval
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(queue.run)
+        workloads = [Workload(sid, 10_000 + n) for n, sid in enumerate(ids)]
+        start = perf() + 0.2
+        end = start + seconds
+        async with anyio.create_task_group() as run:
+            for n, w in enumerate(workloads):
+                run.start_soon(supervisor, w, interval * n / len(ids), start, end)
+        await queue.drain()
+    return {
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "offered_per_s": rate,
+        "events": len(latencies),
+    }
+
+
+# The original way: one statement per save point, awaited, through a pool of 10.
+NAIVE_SQL = {
+    "task": "UPDATE supervisor_states SET spawned_task_ids = array_append(spawned_task_ids, $2),"
+            " pending_task_ids = array_append(pending_task_ids, $2), last_activity = now(),"
+            " updated_at = now() WHERE id = $1",
+    "ask": "UPDATE supervisor_states SET pending_questions = pending_questions"
+           " || jsonb_build_array($2::text::jsonb), state = 'waiting_for_user',"
+           " last_activity = now(), updated_at = now() WHERE id = $1",
+    "answer": "UPDATE supervisor_states SET pending_questions = (SELECT COALESCE(jsonb_agg(q),"
+              " '[]'::jsonb) FROM jsonb_array_elements(pending_questions) q"
+              " WHERE q->>'id' <> $2), last_activity = now(), updated_at = now() WHERE id = $1",
+    "phase": "UPDATE supervisor_states SET phase = $2, last_activity = now(),"
+             " updated_at = now() WHERE id = $1",
+    "activity": "UPDATE supervisor_states SET current_activity = $2, last_activity = now(),"
+                " updated_at = now() WHERE id = $1",
+    "state": "UPDATE supervisor_states SET state = $2, last_activity = now(),"
+             " updated_at = now() WHERE id = $1",
+    "message": "UPDATE supervisor_states SET conversation_history = conversation_history"
+               " || jsonb_build_array($2::text::jsonb), last_activity = now(),"
+               " updated_at = now() WHERE id = $1",
+    "heartbeat": "UPDATE supervisor_states SET progress = $2, last_activity = now(),"
+                 " updated_at = now() WHERE id = $1",
+}
+
+
+def naive_args(event: Event) -> tuple[str, tuple[Any, ...]]:
+    data, sid, kind = event.data, event.supervisor_id, event.kind.value
+    if kind == "task_spawned":
+        return "task", (sid, uuid.UUID(data["taskId"]))
+    if kind == "question_asked":
+        return "ask", (sid, json.dumps(data))
+    if kind == "question_answered":
+        return "answer", (sid, data["questionId"])
+    if kind == "phase_changed":
+        return "phase", (sid, data["phase"])
+    if kind == "activity_reported":
+        return "activity", (sid, data["activity"])
+    if kind == "state_changed":
+        return "state", (sid, data["state"])
+    return "message", (sid, json.dumps(data["message"]))
+
+
+async def bench_naive(pool: asyncpg.Pool[Any], ids: list[uuid.UUID],
+                      seconds: float) -> dict[str, Any]:
+    acked = 0
+    deadline = 0.0
+    perf = time.perf_counter
+
+    async def supervisor(workload: Workload) -> None:
+        nonlocal acked
+        i = 0
+        while perf() < deadline:
+            name, args = naive_args(workload.event())
+            await pool.execute(NAIVE_SQL[name], *args)
+            acked += 1
+            i += 1
+            if i & 1:  # progress: awaited too, the original had no queue
+                await pool.execute(NAIVE_SQL["heartbeat"], workload.sid, i % 101)
+
+    workloads = [Workload(sid, 20_000 + n) for n, sid in enumerate(ids)]
+    deadline = perf() + 0.5
+    async with anyio.create_task_group() as warm:
+        for w in workloads:
+            warm.start_soon(supervisor, w)
+    acked = 0
+    started = perf()
+    deadline = started + seconds
+    async with anyio.create_task_group() as run:
+        for w in workloads:
+            run.start_soon(supervisor, w)
+    return {"events_per_s": acked / (perf() - started), "events": acked}
+
+
+async def bench_copy(dsn: str, ids: list[uuid.UUID], rows_total: int) -> dict[str, Any]:
+    """The same journal rows, appended with COPY in batches of 1,000."""
+    # A plain connection: binary COPY needs asyncpg's own jsonb codec (text in).
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE bench_copy (LIKE supervisor_events INCLUDING ALL)")
+    workloads = [Workload(sid, 30_000 + n) for n, sid in enumerate(ids)]
+    seqs = dict.fromkeys(ids, 0)
+    records = []
+    for n in range(rows_total):
+        w = workloads[n % len(workloads)]
+        event = w.event()
+        seqs[w.sid] += 1
+        records.append((w.sid, seqs[w.sid], event.id, event.kind.value, json.dumps(event.data)))
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(records), 1000):
+            await conn.copy_records_to_table(
+                "bench_copy", records=records[i:i + 1000],
+                columns=["supervisor_id", "seq", "event_id", "kind", "payload"])
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return {"rows_per_s": rows_total / elapsed, "rows": rows_total}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    async with fresh_database() as dsn:
+        pool = await open_pool(dsn, 10)
+        try:
+            ids = await create_supervisors(pool, args.supervisors)
+            queue = await bench_queue(pool, ids, args.seconds,
+                                      batch_size=args.batch_size,
+                                      flush_delay_s=args.flush_delay_ms / 1000)
+            fixed = await bench_queue_fixed_rate(pool, ids, args.seconds, 5000.0)
+            naive = await bench_naive(pool, ids, args.seconds)
+            ceiling = await bench_copy(dsn, ids, 200_000)
+        finally:
+            await pool.close()
+    result = {
+        "supervisors": args.supervisors,
+        "seconds": args.seconds,
+        "events_per_s": round(queue["events_per_s"]),
+        "p50_ack_ms": round(queue["p50_ack_ms"], 3),
+        "p99_ack_ms": round(queue["p99_ack_ms"], 3),
+        "p99_ack_ms_at_5k": round(fixed["p99_ms"], 3),
+        "p50_ack_ms_at_5k": round(fixed["p50_ms"], 3),
+        "mean_batch": round(queue["mean_batch"], 1),
+        "naive_events_per_s": round(naive["events_per_s"]),
+        "speedup_vs_naive": round(queue["events_per_s"] / naive["events_per_s"], 2),
+        "ceiling_rows_per_s": round(ceiling["rows_per_s"]),
+        "queue_vs_ceiling": round(queue["events_per_s"] / ceiling["rows_per_s"], 3),
+        "machine": machine(),
+    }
+    print(f"{'method':<34}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'queue (closed loop)':<34}{result['events_per_s']:>12,}"
+          f"{result['p50_ack_ms']:>10}{result['p99_ack_ms']:>10}")
+    print(f"{'queue at 5,000 events/s offered':<34}{'':>12}"
+          f"{result['p50_ack_ms_at_5k']:>10}{result['p99_ack_ms_at_5k']:>10}")
+    print(f"{'one UPDATE per save point (pool 10)':<34}{result['naive_events_per_s']:>12,}")
+    print(f"{'COPY ceiling (rows/s)':<34}{result['ceiling_rows_per_s']:>12,}")
+    print(f"speedup vs naive: {result['speedup_vs_naive']}x; "
+          f"queue / COPY ceiling: {result['queue_vs_ceiling']}; "
+          f"mean batch: {result['mean_batch']} events")
+    return result
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--supervisors", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--flush-delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    result = anyio.run(main, args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    cli()
