@@ -29,7 +29,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/persistence.py
+	$(BIN)/python -m bench.persistence
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -55,8 +55,10 @@ async def fresh_database() -> AsyncIterator[str]:
 
 def history(n: int = 20) -> list[dict[str, Any]]:
     return [
-        {"role": "user" if i % 2 == 0 else "assistant",
-         "content": f"message {i}: " + "lorem ipsum dolor sit amet " * 4}
+        {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"message {i}: " + "lorem ipsum dolor sit amet " * 4,
+        }
         for i in range(n)
     ]
 
@@ -81,5 +83,6 @@ async def open_pool(dsn: str, size: int = 10) -> asyncpg.Pool[Any]:
     pool = await asyncpg.create_pool(
         dsn, min_size=size, max_size=size, init=init_connection, server_settings=SERVER_SETTINGS
     )
-    assert pool is not None
+    if pool is None:
+        raise RuntimeError("asyncpg returned no pool")
     return pool

@@ -65,10 +65,15 @@ def is_transient(exc: BaseException) -> bool:
         return sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES) or (
             sqlstate in _TRANSIENT_SQLSTATES
         )
-    # A closed or broken connection surfaces as InterfaceError or an OS-level error.
+    # A closed or broken connection surfaces as InterfaceError, an OS-level error, or
+    # (when the server cut it mid-operation) asyncpg's InternalClientError.
     return isinstance(
         exc,
-        asyncpg.InterfaceError | ConnectionError | OSError | TimeoutError,
+        asyncpg.InterfaceError
+        | asyncpg.InternalClientError
+        | ConnectionError
+        | OSError
+        | TimeoutError,
     ) and not isinstance(exc, asyncpg.exceptions.ClientConfigurationError)
 
 
@@ -87,5 +92,11 @@ def map_db_errors() -> Iterator[None]:
     """Re-raise asyncpg and OS errors as TransientDatabaseError / PermanentDatabaseError."""
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as exc:
         raise translate(exc) from exc

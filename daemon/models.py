@@ -184,6 +184,17 @@ class PendingQuestion(_Json):
     question_type: QuestionType = QuestionType.GENERAL
     asked_at: datetime
 
+    def to_json(self) -> dict[str, Any]:
+        # Written out by hand: questions are encoded on every ask, in the hot path.
+        return {
+            "id": str(self.id),
+            "question": self.question,
+            "choices": list(self.choices),
+            "context": self.context,
+            "questionType": self.question_type.value,
+            "askedAt": self.asked_at.isoformat(),
+        }
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorState(_Json):

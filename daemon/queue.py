@@ -99,7 +99,29 @@ def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+class _Lane:
+    """One flusher's share of the supervisors: its own queue, written in order."""
+
+    __slots__ = ("coalesced", "events", "futures", "inflight", "wakeup")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.futures: list[asyncio.Future[None]] = []
+        # supervisor id -> (position in `events` when it arrived, newest event)
+        self.coalesced: dict[uuid.UUID, tuple[int, Event]] = {}
+        self.wakeup = asyncio.Event()
+        self.inflight: Sequence[asyncio.Future[None]] = ()
+
+
 class PersistenceQueue:
+    """Group commit for save points. See the module docstring for the contract.
+
+    Supervisors are spread over `lanes` flushers by id; each lane writes its batches
+    one after the other (per-supervisor order), and lanes write concurrently on their
+    own connections, so encoding one batch overlaps with the database writing another.
+    Lanes never share a supervisor, so their transactions never touch the same rows.
+    """
+
     def __init__(
         self,
         store: EventStore,
@@ -108,9 +130,12 @@ class PersistenceQueue:
         batch_size: int = 5_000,
         flush_delay_s: float = 0.0,
         drain_timeout_s: float = 10.0,
+        lanes: int = 2,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
     ) -> None:
+        if lanes < 1:
+            raise ValueError("a queue needs at least one lane")
         self._store = store
         self._max_events = max_events
         self._batch_size = batch_size
@@ -118,28 +143,28 @@ class PersistenceQueue:
         self._drain_timeout_s = drain_timeout_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._events: list[Event] = []
-        self._futures: list[asyncio.Future[None]] = []
-        # supervisor id -> (position in _events when it arrived, newest event)
-        self._coalesced: dict[uuid.UUID, tuple[int, Event]] = {}
-        self._wakeup = asyncio.Event()
+        self._lanes = [_Lane() for _ in range(lanes)]
+        self._queued = 0  # critical events waiting, all lanes together
         self._space = asyncio.Event()
         self._space.set()
         self._closed = False
         self._stopped = asyncio.Event()
         self._scope: anyio.CancelScope | None = None
-        self._inflight: Sequence[asyncio.Future[None]] = ()
         self.counters = QueueCounters()
 
     # -- intake -------------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
-        return len(self._events)
+        return self._queued
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _lane(self, supervisor_id: uuid.UUID) -> _Lane:
+        lanes = self._lanes
+        return lanes[supervisor_id.int % len(lanes)] if len(lanes) > 1 else lanes[0]
 
     async def submit(self, event: Event) -> None:
         """Queue `event`; for a critical one, return once it is committed.
@@ -147,73 +172,82 @@ class PersistenceQueue:
         Raises EventRejectedError when the database refuses the event, QueueClosedError
         when the queue stopped first. Cancelling the caller does not withdraw the event.
         """
+        if not event.critical:
+            self.submit_nowait(event)
+            return
         if self._closed:
             raise QueueClosedError("the persistence queue is stopped")
-        if not event.critical:
-            self._coalesced[event.supervisor_id] = (len(self._events), event)
-            self.counters.coalesced += 1
-            self._wakeup.set()
-            return
-        while len(self._events) >= self._max_events:
+        while self._queued >= self._max_events:
             self.counters.backpressure_waits += 1
             self._space.clear()
             await self._space.wait()
             if self._closed:
                 raise QueueClosedError("the persistence queue is stopped")
+        lane = self._lane(event.supervisor_id)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._events.append(event)
-        self._futures.append(future)
+        lane.events.append(event)
+        lane.futures.append(future)
+        self._queued += 1
         self.counters.submitted += 1
-        self._wakeup.set()
+        lane.wakeup.set()
         await future
 
     def submit_nowait(self, event: Event) -> None:
-        """Queue a heartbeat or progress event (never waits, never fails on a full queue)."""
+        """Queue a heartbeat or progress event (never waits, never fails on a full queue).
+
+        Only the newest per supervisor is kept until the next flush, so this needs no
+        bound beyond the number of supervisors.
+        """
         if event.critical:
             raise ValueError(f"{event.kind.value} is critical: use `await submit(...)`")
         if self._closed:
             raise QueueClosedError("the persistence queue is stopped")
-        self._coalesced[event.supervisor_id] = (len(self._events), event)
+        lane = self._lane(event.supervisor_id)
+        lane.coalesced[event.supervisor_id] = (len(lane.events), event)
         self.counters.coalesced += 1
-        self._wakeup.set()
+        lane.wakeup.set()
 
-    # -- the flusher --------------------------------------------------------------------
+    # -- the flushers -------------------------------------------------------------------
 
     async def run(
-        self,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """The flusher. Start it in a task group; it returns once drained."""
+        """The flushers. Start it in a task group; it returns once drained."""
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
-                task_status.started()
-                while not (self._closed and not self._events and not self._coalesced):
-                    await self._wakeup.wait()
-                    self._wakeup.clear()
-                    if self._flush_delay_s and not self._closed:
-                        await anyio.sleep(self._flush_delay_s)
-                    while self._events or self._coalesced:
-                        await self._flush_once()
+                async with anyio.create_task_group() as tg:
+                    for lane in self._lanes:
+                        tg.start_soon(self._run_lane, lane)
+                    task_status.started()
         finally:
             self._abandon_rest()
             self._stopped.set()
 
-    async def _flush_once(self) -> None:
-        count = min(len(self._events), self._batch_size)
-        events = self._events[:count]
-        futures = self._futures[:count]
-        del self._events[:count]
-        del self._futures[:count]
-        coalesced = list(self._coalesced.values())
-        self._coalesced = {}
-        if not self._space.is_set() and len(self._events) < self._max_events:
+    async def _run_lane(self, lane: _Lane) -> None:
+        while not (self._closed and not lane.events and not lane.coalesced):
+            await lane.wakeup.wait()
+            lane.wakeup.clear()
+            if self._flush_delay_s and not self._closed:
+                await anyio.sleep(self._flush_delay_s)
+            while lane.events or lane.coalesced:
+                await self._flush_once(lane)
+
+    async def _flush_once(self, lane: _Lane) -> None:
+        count = min(len(lane.events), self._batch_size)
+        events = lane.events[:count]
+        futures = lane.futures[:count]
+        del lane.events[:count]
+        del lane.futures[:count]
+        coalesced = list(lane.coalesced.values())
+        lane.coalesced = {}
+        self._queued -= count
+        if not self._space.is_set() and self._queued < self._max_events:
             self._space.set()
         started = time.perf_counter()
-        self._inflight = futures
+        lane.inflight = futures
         await self._write(events, futures, coalesced)
-        self._inflight = ()
+        lane.inflight = ()
         elapsed = time.perf_counter() - started
         counters = self.counters
         counters.batches += 1
@@ -230,7 +264,8 @@ class PersistenceQueue:
         """Write one batch; on a permanent error, split it until the bad event is alone."""
         try:
             missing = await self._apply_with_retries(events, coalesced)
-        except PermanentDatabaseError as exc:
+        except (PermanentDatabaseError, TypeError, ValueError) as exc:
+            # TypeError/ValueError: an event that cannot be encoded; also fails alone.
             if len(events) <= 1:
                 if events:
                     self._reject(events[0], futures[0], exc)
@@ -301,7 +336,7 @@ class PersistenceQueue:
             attempt=state.attempt_number,
             error=str(error),
             sleep_s=round(state.upcoming_sleep, 3),
-            queued=len(self._events),
+            queued=self._queued,
         )
 
     # -- stop ---------------------------------------------------------------------------
@@ -311,7 +346,8 @@ class PersistenceQueue:
         started = time.perf_counter()
         written_before = self.counters.written
         self._closed = True
-        self._wakeup.set()
+        for lane in self._lanes:
+            lane.wakeup.set()
         self._space.set()  # submitters waiting for room see the queue is closed
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._drain_timeout_s):
@@ -335,21 +371,21 @@ class PersistenceQueue:
 
     def _abandon_rest(self) -> None:
         """Fail everything not written: those events were never acknowledged."""
-        inflight = [future for future in self._inflight if not future.done()]
-        if not self._events and not self._coalesced and not inflight:
-            return
         # An interrupted in-flight batch may or may not have committed: either way it
         # was never acknowledged, which is all the contract promises.
         error = QueueClosedError("the persistence queue stopped before writing this event")
-        for future in [*inflight, *self._futures]:
-            _set_exception(future, error)
-        self.counters.abandoned += len(self._events) + len(inflight)
-        log.error(
-            "queue.events_abandoned",
-            critical=len(self._events) + len(inflight),
-            coalesced=len(self._coalesced),
-        )
-        self._inflight = ()
-        self._events.clear()
-        self._futures.clear()
-        self._coalesced.clear()
+        critical = coalesced = 0
+        for lane in self._lanes:
+            pending = [f for f in (*lane.inflight, *lane.futures) if not f.done()]
+            for future in pending:
+                _set_exception(future, error)
+            critical += len(pending)
+            coalesced += len(lane.coalesced)
+            lane.events.clear()
+            lane.futures.clear()
+            lane.coalesced.clear()
+            lane.inflight = ()
+        self._queued = 0
+        if critical or coalesced:
+            self.counters.abandoned += critical
+            log.error("queue.events_abandoned", critical=critical, coalesced=coalesced)

@@ -265,13 +265,21 @@ class EventStore:
 
     async def apply_batch(self, batch: Batch) -> list[uuid.UUID]:
         """Write a folded batch in one statement; return supervisors left untouched."""
+        parameters = batch.parameters()
         with map_db_errors():
-            rows = await self._pool.fetch(queries["apply_batch"], *batch.parameters())
-        return [row[0] for row in rows]
+            async with self._pool.acquire() as conn:
+                try:
+                    missing = await conn.fetchval(queries["apply_batch"], *parameters)
+                except asyncpg.PostgresError:
+                    raise  # the server answered: the connection is in a known state
+                except BaseException:
+                    # Cut mid-statement, or cancelled: the connection may be in any
+                    # state. Closing it makes the pool open a fresh one instead.
+                    conn.terminate()
+                    raise
+        return list(missing or ())
 
-    async def supervisors_without_event(
-        self, last_events: dict[uuid.UUID, uuid.UUID]
-    ) -> set[uuid.UUID]:
+    async def supervisors_without_event(self, last_events: dict[uuid.UUID, str]) -> set[uuid.UUID]:
         """Supervisors whose newest journal entry is not the given event."""
         with map_db_errors():
             rows = await self._pool.fetch(

@@ -23,13 +23,12 @@ ALTER TABLE supervisor_states
 
 CREATE INDEX idx_supervisor_states_owner ON supervisor_states (owner_daemon_id);
 
--- Every save point updates a supervisor's row; keep those updates cheap:
--- - free space on each page and no index on a column that changes often (state,
---   pending_questions), so updates are HOT (no index writes);
--- - large values (the conversation history above all) stored out of line as soon as
---   a row passes 128 bytes, so an update that does not touch them copies a pointer,
---   not kilobytes of JSON, into the new row version and the WAL.
-ALTER TABLE supervisor_states SET (fillfactor = 70, toast_tuple_target = 128);
+-- Every save point updates a supervisor's row; keep those updates cheap: free space
+-- on each page and no index on a column that changes often (state, pending_questions),
+-- so updates are HOT (no index writes). A long conversation history is stored out of
+-- line (TOAST) by PostgreSQL itself, so an update that does not touch it copies a
+-- pointer rather than the history.
+ALTER TABLE supervisor_states SET (fillfactor = 70, toast_tuple_target = 512);
 
 CREATE TABLE supervisor_tasks (
     id UUID PRIMARY KEY,
@@ -71,14 +70,20 @@ CREATE TABLE question_answers (
 CREATE INDEX idx_question_answers_unapplied ON question_answers (supervisor_id)
     WHERE applied_at IS NULL;
 
--- Every critical event, in order per supervisor. (supervisor_id, seq) makes a retried
--- batch idempotent; event_id is the event's own identity, for consumers.
+-- The event journal: every critical event, in order per supervisor, append-only.
+-- Events are stored in segments, one row per supervisor per flush (a flush writes
+-- many supervisors' events in one transaction): `events` is a JSON array of
+-- {"e": event id, "k": kind, "p": payload}, the n-th element having sequence number
+-- first_seq + n - 1. One row per supervisor and flush instead of one per event keeps
+-- group commit cheap; `supervisor-daemon history` expands segments back into events.
+-- last_event_id tells, after a commit of unknown outcome, whether a batch was written.
 CREATE TABLE supervisor_events (
     supervisor_id UUID NOT NULL,
-    seq BIGINT NOT NULL,
-    event_id UUID NOT NULL,
-    kind TEXT NOT NULL,
-    payload JSONB NOT NULL,
+    first_seq BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    last_event_id UUID NOT NULL,
+    events JSONB NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (supervisor_id, seq)
+    PRIMARY KEY (supervisor_id, first_seq),
+    CONSTRAINT supervisor_events_seq_check CHECK (last_seq >= first_seq)
 );

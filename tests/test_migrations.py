@@ -81,7 +81,14 @@ EXPECTED_COLUMNS = {
         "answered_at",
         "applied_at",
     },
-    "supervisor_events": {"supervisor_id", "seq", "event_id", "kind", "payload", "created_at"},
+    "supervisor_events": {
+        "supervisor_id",
+        "first_seq",
+        "last_seq",
+        "last_event_id",
+        "events",
+        "created_at",
+    },
 }
 
 

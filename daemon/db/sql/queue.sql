@@ -1,96 +1,71 @@
 -- apply_batch --
--- Apply a folded batch of events in one statement, so one implicit transaction; returns the ids of supervisors it could not update (missing, or fenced by another owner's epoch)
+-- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py); returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
 WITH b AS (
     SELECT *
-    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[],
-                $7::text[], $8::bigint[])
-        AS b(id, n_events, phase, state, activity, progress, error, epoch)
-),
-spawned AS (
-    SELECT sid, array_agg(tid ORDER BY ord) AS tids,
-           array_agg(tid ORDER BY ord) FILTER (WHERE awaited) AS awaited
-    FROM unnest($9::uuid[], $10::uuid[], $11::bool[]) WITH ORDINALITY AS t(sid, tid, awaited, ord)
-    GROUP BY sid
-),
-asked AS (
-    SELECT sid, jsonb_agg(q::jsonb ORDER BY ord) AS questions
-    FROM unnest($13::uuid[], $14::text[]) WITH ORDINALITY AS t(sid, q, ord)
-    GROUP BY sid
-),
-answered AS (
-    SELECT sid, array_agg(qid) AS qids
-    FROM unnest($15::uuid[], $16::text[]) AS t(sid, qid)
-    GROUP BY sid
-),
-messages AS (
-    SELECT sid, jsonb_agg(m::jsonb ORDER BY ord) AS msgs
-    FROM unnest($19::uuid[], $20::text[]) WITH ORDINALITY AS t(sid, m, ord)
-    GROUP BY sid
+    FROM jsonb_to_recordset($1::text::jsonb) AS b(
+        i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
+        ev jsonb, le uuid, tk jsonb, ts uuid[], aw uuid[], q jsonb, an jsonb, ai text[],
+        m jsonb)
 ),
 upd AS (
     UPDATE supervisor_states s SET
-        phase = COALESCE(b.phase, s.phase),
+        phase = COALESCE(b.ph, s.phase),
         -- An answer that leaves no question pending ends waiting_for_user.
         state = CASE
-            WHEN an.qids IS NOT NULL AND COALESCE(b.state, s.state) = 'waiting_for_user'
+            WHEN b.ai IS NOT NULL AND COALESCE(b.st, s.state) = 'waiting_for_user'
                  AND NOT EXISTS (
                      SELECT 1
-                     FROM jsonb_array_elements(
-                         s.pending_questions || COALESCE(a.questions, '[]'::jsonb)) AS e(q)
-                     WHERE NOT (e.q->>'id' = ANY (an.qids)))
+                     FROM jsonb_array_elements(s.pending_questions || COALESCE(b.q, '[]')) AS e(q)
+                     WHERE NOT (e.q->>'id' = ANY (b.ai)))
                 THEN 'working'
-            ELSE COALESCE(b.state, s.state) END,
-        error_message = CASE WHEN b.state IS NULL THEN s.error_message ELSE b.error END,
-        current_activity = COALESCE(b.activity, s.current_activity),
-        progress = COALESCE(b.progress, s.progress),
-        spawned_task_ids = CASE WHEN sp.tids IS NULL THEN s.spawned_task_ids
-                                ELSE s.spawned_task_ids || sp.tids END,
-        pending_task_ids = CASE WHEN sp.awaited IS NULL THEN s.pending_task_ids
-                                ELSE s.pending_task_ids || sp.awaited END,
+            ELSE COALESCE(b.st, s.state) END,
+        error_message = CASE WHEN b.st IS NULL THEN s.error_message ELSE b.er END,
+        current_activity = COALESCE(b.a, s.current_activity),
+        progress = COALESCE(b.p, s.progress),
+        spawned_task_ids = CASE WHEN b.ts IS NULL THEN s.spawned_task_ids
+                                ELSE s.spawned_task_ids || b.ts END,
+        pending_task_ids = CASE WHEN b.aw IS NULL OR b.aw = '{}' THEN s.pending_task_ids
+                                ELSE s.pending_task_ids || b.aw END,
         pending_questions = CASE
-            WHEN a.questions IS NULL AND an.qids IS NULL THEN s.pending_questions
-            WHEN an.qids IS NULL THEN s.pending_questions || a.questions
+            WHEN b.q IS NULL AND b.ai IS NULL THEN s.pending_questions
+            WHEN b.ai IS NULL THEN s.pending_questions || b.q
             ELSE (
                 SELECT COALESCE(jsonb_agg(e.q ORDER BY e.ord), '[]'::jsonb)
-                FROM jsonb_array_elements(s.pending_questions || COALESCE(a.questions, '[]'::jsonb))
+                FROM jsonb_array_elements(s.pending_questions || COALESCE(b.q, '[]'))
                     WITH ORDINALITY AS e(q, ord)
-                WHERE NOT (e.q->>'id' = ANY (an.qids)))
+                WHERE NOT (e.q->>'id' = ANY (b.ai)))
             END,
-        conversation_history = CASE WHEN m.msgs IS NULL THEN s.conversation_history
-                                    ELSE s.conversation_history || m.msgs END,
-        last_event_seq = s.last_event_seq + b.n_events,
+        conversation_history = CASE WHEN b.m IS NULL THEN s.conversation_history
+                                    ELSE s.conversation_history || b.m END,
+        last_event_seq = s.last_event_seq + b.n,
         last_activity = now(),
         updated_at = now()
     FROM b
-    LEFT JOIN spawned sp ON sp.sid = b.id
-    LEFT JOIN asked a ON a.sid = b.id
-    LEFT JOIN answered an ON an.sid = b.id
-    LEFT JOIN messages m ON m.sid = b.id
-    WHERE s.id = b.id AND (b.epoch IS NULL OR s.owner_epoch = b.epoch)
-    RETURNING s.id, s.phase, s.last_event_seq, b.n_events,
-        CASE WHEN b.phase IS NOT NULL
+    WHERE s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
+    RETURNING s.id, s.phase, s.last_event_seq, b.n, b.ev, b.le, b.tk, b.an,
+        CASE WHEN b.ph IS NOT NULL
              THEN to_jsonb(s) - 'owner_daemon_id' - 'owner_epoch' END AS snapshot
 ),
 journal AS (
-    INSERT INTO supervisor_events (supervisor_id, seq, event_id, kind, payload)
-    SELECT e.sid, u.last_event_seq - u.n_events + e.idx, e.eid, e.kind, e.payload::jsonb
-    FROM unnest($21::uuid[], $22::int[], $23::uuid[], $24::text[], $25::text[])
-        AS e(sid, idx, eid, kind, payload)
-    JOIN upd u ON u.id = e.sid
+    INSERT INTO supervisor_events (supervisor_id, first_seq, last_seq, last_event_id, events)
+    SELECT u.id, u.last_event_seq - u.n + 1, u.last_event_seq, u.le, u.ev
+    FROM upd u
+    WHERE u.n > 0
 ),
 tasks AS (
     INSERT INTO supervisor_tasks (id, supervisor_id, spec)
-    SELECT t.tid, t.sid, t.spec::jsonb
-    FROM unnest($9::uuid[], $10::uuid[], $12::text[]) AS t(sid, tid, spec)
-    JOIN upd u ON u.id = t.sid
+    SELECT t.t, u.id, t.sp
+    FROM upd u
+    CROSS JOIN LATERAL jsonb_to_recordset(u.tk) AS t(t uuid, sp jsonb)
+    WHERE u.tk IS NOT NULL
     ON CONFLICT (id) DO NOTHING
 ),
 answers AS (
     INSERT INTO question_answers (question_id, supervisor_id, answer, answered_by, applied_at)
-    SELECT t.qid::uuid, t.sid, t.answer, t.answered_by, now()
-    FROM unnest($15::uuid[], $16::text[], $17::text[], $18::text[])
-        AS t(sid, qid, answer, answered_by)
-    JOIN upd u ON u.id = t.sid
+    SELECT t.q, u.id, t.a, t.by, now()
+    FROM upd u
+    CROSS JOIN LATERAL jsonb_to_recordset(u.an) AS t(q uuid, a text, by text)
+    WHERE u.an IS NOT NULL
     ON CONFLICT (question_id) DO UPDATE
         SET applied_at = COALESCE(question_answers.applied_at, now())
 ),
@@ -98,22 +73,27 @@ checkpoints AS (
     INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot, event_seq)
     SELECT u.id, u.phase, u.snapshot, u.last_event_seq FROM upd u WHERE u.snapshot IS NOT NULL
 )
-SELECT b.id FROM b LEFT JOIN upd u ON u.id = b.id WHERE u.id IS NULL
+-- The common case costs two counts; the anti-join runs only when some row was left.
+SELECT CASE WHEN (SELECT count(*) FROM upd) = (SELECT count(*) FROM b) THEN NULL
+            ELSE (SELECT array_agg(b.i) FROM b
+                  WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = b.i)) END AS missing
 
 -- supervisors_without_event --
 -- Of (supervisor, event id) pairs, the supervisors whose newest journal entry is not that event: after a commit of unknown outcome, tells whether a batch was written
 SELECT x.sid
 FROM unnest($1::uuid[], $2::uuid[]) AS x(sid, eid)
 WHERE x.eid IS DISTINCT FROM (
-    SELECT e.event_id FROM supervisor_events e
+    SELECT e.last_event_id FROM supervisor_events e
     WHERE e.supervisor_id = x.sid
-    ORDER BY e.seq DESC
+    ORDER BY e.first_seq DESC
     LIMIT 1)
 
 -- list_supervisor_events --
--- A supervisor's journal, oldest first, from a sequence number on
-SELECT supervisor_id, seq, event_id, kind, payload, created_at
-FROM supervisor_events
-WHERE supervisor_id = $1 AND seq > $2
-ORDER BY seq
+-- A supervisor's journal expanded into events, oldest first, after a sequence number
+SELECT s.supervisor_id, s.first_seq + x.ord - 1 AS seq, (x.e->>'e')::uuid AS event_id,
+       x.e->>'k' AS kind, x.e->'p' AS payload, s.created_at
+FROM supervisor_events s
+CROSS JOIN LATERAL jsonb_array_elements(s.events) WITH ORDINALITY AS x(e, ord)
+WHERE s.supervisor_id = $1 AND s.last_seq > $2 AND s.first_seq + x.ord - 1 > $2
+ORDER BY s.first_seq, x.ord
 LIMIT $3
