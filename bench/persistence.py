@@ -169,10 +169,11 @@ async def bench_queue(
 
 
 async def bench_queue_fixed_rate(
-    pool: asyncpg.Pool[Any], ids: list[uuid.UUID], seconds: float, rate: float
+    pool: asyncpg.Pool[Any], ids: list[uuid.UUID], seconds: float, rate: float,
+    **queue_args: Any,
 ) -> dict[str, Any]:
     """Open loop: each supervisor submits on its own schedule, `rate` events/s in all."""
-    queue = PersistenceQueue(EventStore(pool))
+    queue = PersistenceQueue(EventStore(pool), **queue_args)
     latencies: list[float] = []
     interval = len(ids) / rate
     perf = time.perf_counter
@@ -316,20 +317,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with fresh_database() as dsn:
         pool = await open_pool(dsn, 10)
         try:
-            ids = await create_supervisors(pool, args.supervisors)
+            # Each method gets supervisors of its own, fresh (rows grow as they are
+            # written: a method must not pay for the one measured before it).
+            fresh = [await create_supervisors(pool, args.supervisors) for _ in range(3)]
             tune_for_throughput()  # as `supervisor-daemon run` does once started
-            queue = await bench_queue(
-                pool,
-                ids,
-                args.seconds,
-                args.in_flight,
-                batch_size=args.batch_size,
-                lanes=args.lanes,
-                flush_delay_s=args.flush_delay_ms / 1000,
-            )
-            fixed = await bench_queue_fixed_rate(pool, ids, args.seconds, 5000.0)
-            naive = await bench_naive(pool, ids, args.seconds)
-            ceiling = await bench_copy(dsn, ids, 200_000)
+            fixed = await bench_queue_fixed_rate(pool, fresh[0], args.seconds, 5000.0,
+                                                 lanes=args.lanes)
+            queue = await bench_queue(pool, fresh[1], args.seconds, args.in_flight,
+                                      batch_size=args.batch_size, lanes=args.lanes,
+                                      flush_delay_s=args.flush_delay_ms / 1000)
+            naive = await bench_naive(pool, fresh[2], args.seconds)
+            ceiling = await bench_copy(dsn, fresh[2], 200_000)
         finally:
             await pool.close()
     result = {

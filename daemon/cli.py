@@ -119,6 +119,29 @@ async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -
     return 0
 
 
+async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.store import EventStore  # noqa: PLC0415
+
+    async with open_database(settings) as db:
+        if await Store(db.pool).get_supervisor(args.id) is None:
+            raise DaemonError(f"supervisor {args.id} does not exist")
+        entries = await EventStore(db.pool).list_events(
+            args.id, after_seq=args.after, limit=args.limit
+        )
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print("no events")
+    for entry in entries:
+        payload = json.dumps(entry["payload"], separators=(",", ":"))
+        print(
+            f"{entry['seq']:>6}  {entry['created_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{entry['kind']:<18} {payload}"
+        )
+    return 0
+
+
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.store import DaemonRegistry  # noqa: PLC0415
 
@@ -169,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="daemons and supervisor counts")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    history = sub.add_parser("history", help="a supervisor's event journal, oldest first")
+    history.add_argument("id", type=_uuid)
+    history.add_argument(
+        "--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number"
+    )
+    history.add_argument("--limit", type=int, default=1000)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
 
     sups = sub.add_parser("supervisors", help="list, show or create supervisors")
     sups_sub = sups.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -47,6 +47,7 @@ class Settings:
     queue_max_events: int = 100_000
     queue_batch_size: int = 5_000
     queue_flush_delay_ms: float = 0.0
+    queue_lanes: int = 2
     drain_timeout_s: float = 10.0
 
     @property
@@ -106,6 +107,7 @@ _CONVERTERS: dict[str, Any] = {
     "queue_max_events": _positive_int,
     "queue_batch_size": _positive_int,
     "queue_flush_delay_ms": _non_negative_float,
+    "queue_lanes": _positive_int,
     "drain_timeout_s": _non_negative_float,
 }
 

@@ -38,6 +38,7 @@ from tenacity import (
 )
 
 from daemon.batch import fold
+from daemon.config import Settings
 from daemon.errors import (
     DaemonError,
     NotFoundError,
@@ -151,6 +152,17 @@ class PersistenceQueue:
         self._stopped = asyncio.Event()
         self._scope: anyio.CancelScope | None = None
         self.counters = QueueCounters()
+
+    @classmethod
+    def from_settings(cls, store: EventStore, settings: Settings) -> PersistenceQueue:
+        return cls(
+            store,
+            max_events=settings.queue_max_events,
+            batch_size=settings.queue_batch_size,
+            flush_delay_s=settings.queue_flush_delay_ms / 1000,
+            drain_timeout_s=settings.drain_timeout_s,
+            lanes=settings.queue_lanes,
+        )
 
     # -- intake -------------------------------------------------------------------------
 

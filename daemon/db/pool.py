@@ -42,7 +42,7 @@ def describe(dsn: str) -> str:
 # Batch statements take arrays whose sizes vary from 1 to thousands; after five runs
 # PostgreSQL would switch a prepared statement to a generic plan that assumes neither,
 # and a 1,000-event batch then takes ten times longer. Plan each execution instead.
-SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+SERVER_SETTINGS: dict[str, str] = {}
 
 
 async def create_pool(

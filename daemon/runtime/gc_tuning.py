@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import gc
 
-GEN0_THRESHOLD = 50_000
+GEN0_THRESHOLD = 5_000
+GEN1_THRESHOLD = 50
+GEN2_THRESHOLD = 100
 
 
 def tune_for_throughput() -> None:
     """Freeze what exists now and collect less often. Call once start-up is done."""
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+    gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)

@@ -20,7 +20,9 @@ from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.errors import DaemonError
 from daemon.logs import get_logger, set_daemon_id
-from daemon.store import DaemonRegistry
+from daemon.queue import PersistenceQueue
+from daemon.runtime.gc_tuning import tune_for_throughput
+from daemon.store import DaemonRegistry, EventStore
 
 LEASE_S = 30.0
 LEASE_RENEW_S = 10.0
@@ -36,12 +38,11 @@ async def _renew_lease(registry: DaemonRegistry, daemon_id: str, log: Any) -> No
             log.warning("daemon.lease_renewal_failed", error=str(exc))
 
 
-async def _wait_for_stop(scope: anyio.CancelScope, log: Any) -> None:
+async def _wait_for_stop(log: Any) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("daemon.stopping", signal=signal.Signals(signum).name)
             systemd.stopping()
-            scope.cancel()
             return
 
 
@@ -63,12 +64,18 @@ async def run_daemon(settings: Settings) -> None:
             version=__version__,
             lease_s=LEASE_S,
         )
-        log.info("daemon.ready")
-        systemd.ready(f"ready: daemon {daemon_id}")
+        queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
         async with anyio.create_task_group() as tg:
+            await tg.start(queue.run)
             tg.start_soon(_renew_lease, registry, daemon_id, log)
-            await _wait_for_stop(tg.cancel_scope, log)
+            tune_for_throughput()
+            log.info("daemon.ready")
+            systemd.ready(f"ready: daemon {daemon_id}")
+            await _wait_for_stop(log)
+            # Stop intake, write what is queued (shielded, within the deadline), and
+            # only then stop the other background jobs.
+            await queue.drain()
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await registry.mark_stopped(daemon_id)
-    log.info("daemon.stopped")
+        log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))

@@ -1,0 +1,94 @@
+"""The daemon process: starts, reports ready, stops on SIGTERM with exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from daemon import events
+from daemon.queue import PersistenceQueue
+from daemon.store import EventStore, Store
+from tests.factories import new_state
+from tests.test_cli import run_cli
+from tests.test_queue import running
+
+
+def _start(dsn: str, tmp_path: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
+    env.update(
+        {
+            "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
+            "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),
+            "SUPERVISOR_DAEMON_LOG_FORMAT": "json",
+            "SUPERVISOR_DAEMON_DAEMON_ID": "test-daemon",
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], event: str, deadline_s: float = 30) -> list[Any]:
+    assert proc.stderr is not None
+    lines: list[Any] = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        record = json.loads(line)
+        lines.append(record)
+        if record["event"] == event:
+            return lines
+    raise AssertionError(f"no {event!r} line; got {lines}")
+
+
+async def test_run_is_ready_then_stops_cleanly_on_sigterm(
+    dsn: str, tmp_path: Path, pool: asyncpg.Pool[Any]
+) -> None:
+    proc = _start(dsn, tmp_path)
+    try:
+        lines = _read_until(proc, "daemon.ready")
+        assert all(line["daemon_id"] == "test-daemon" for line in lines)
+        row = await pool.fetchrow("SELECT * FROM daemons WHERE id = 'test-daemon'")
+        assert row is not None
+        assert row["stopped_at"] is None
+        proc.send_signal(signal.SIGTERM)
+        rest = _read_until(proc, "daemon.stopped")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert any(line["event"] == "queue.drained" for line in rest)
+    row = await pool.fetchrow("SELECT * FROM daemons WHERE id = 'test-daemon'")
+    assert row is not None
+    assert row["stopped_at"] is not None
+
+
+async def test_history_lists_the_journal(dsn: str, pool: asyncpg.Pool[Any]) -> None:
+    state = await Store(pool).save_supervisor_state_full(new_state())
+    async with running(PersistenceQueue(EventStore(pool))) as queue:
+        await queue.submit(events.activity_reported(state.id, "reading the contract"))
+        await queue.submit(events.phase_changed(state.id, "implement"))
+    env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
+    result = run_cli("history", str(state.id), env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert "activity_reported" in lines[0]
+    assert "reading the contract" in lines[0]
+    assert lines[1].split()[0] == "2"
+    assert "phase_changed" in lines[1]
+    as_json = json.loads(run_cli("history", str(state.id), "--json", env=env).stdout)
+    assert [entry["seq"] for entry in as_json] == [1, 2]
