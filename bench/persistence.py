@@ -169,7 +169,10 @@ async def bench_queue(
 
 
 async def bench_queue_fixed_rate(
-    pool: asyncpg.Pool[Any], ids: list[uuid.UUID], seconds: float, rate: float,
+    pool: asyncpg.Pool[Any],
+    ids: list[uuid.UUID],
+    seconds: float,
+    rate: float,
     **queue_args: Any,
 ) -> dict[str, Any]:
     """Open loop: each supervisor submits on its own schedule, `rate` events/s in all."""
@@ -321,11 +324,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # written: a method must not pay for the one measured before it).
             fresh = [await create_supervisors(pool, args.supervisors) for _ in range(3)]
             tune_for_throughput()  # as `supervisor-daemon run` does once started
-            fixed = await bench_queue_fixed_rate(pool, fresh[0], args.seconds, 5000.0,
-                                                 lanes=args.lanes)
-            queue = await bench_queue(pool, fresh[1], args.seconds, args.in_flight,
-                                      batch_size=args.batch_size, lanes=args.lanes,
-                                      flush_delay_s=args.flush_delay_ms / 1000)
+            fixed = await bench_queue_fixed_rate(
+                pool, fresh[0], args.seconds, 5000.0, lanes=args.lanes
+            )
+            queue = await bench_queue(
+                pool,
+                fresh[1],
+                args.seconds,
+                args.in_flight,
+                batch_size=args.batch_size,
+                lanes=args.lanes,
+                flush_delay_s=args.flush_delay_ms / 1000,
+            )
             naive = await bench_naive(pool, fresh[2], args.seconds)
             ceiling = await bench_copy(dsn, fresh[2], 200_000)
         finally:
