@@ -142,6 +142,29 @@ async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
+    from daemon.runtime.restore import restore_manually  # noqa: PLC0415
+
+    async with open_database(settings) as db:
+        outcome = await restore_manually(db.pool, args.id, guard=crash_loop_guard(settings))
+    if outcome is None:
+        raise DaemonError(f"supervisor {args.id} does not exist")
+    if args.json:
+        _print_json(
+            {
+                "outcome": outcome.outcome,
+                "action": outcome.action.value,
+                "validation": outcome.validation.to_json(),
+                "context": outcome.context.to_json(),
+            }
+        )
+    else:
+        print(f"{outcome.outcome}: {outcome.action.value}")
+        print(outcome.context.restoration_context_message, end="")
+    return 0 if outcome.outcome == "restored" else 1
+
+
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.store import DaemonRegistry  # noqa: PLC0415
 
@@ -201,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=1000)
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_history)
+
+    restore = sub.add_parser(
+        "restore", help="restore one supervisor now (source manual; also unparks a blocked one)"
+    )
+    restore.add_argument("id", type=_uuid)
+    restore.add_argument("--json", action="store_true")
+    restore.set_defaults(func=cmd_restore)
 
     sups = sub.add_parser("supervisors", help="list, show or create supervisors")
     sups_sub = sups.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -49,6 +49,11 @@ class Settings:
     queue_flush_delay_ms: float = 0.0
     queue_lanes: int = 2
     drain_timeout_s: float = 10.0
+    # Crash-loop guard: more automatic restorations than this within the window park
+    # a supervisor as blocked.
+    crash_loop_max_restorations: int = 5
+    crash_loop_window_s: float = 600.0
+    capacity: int = 100_000
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -109,6 +114,9 @@ _CONVERTERS: dict[str, Any] = {
     "queue_flush_delay_ms": _non_negative_float,
     "queue_lanes": _positive_int,
     "drain_timeout_s": _non_negative_float,
+    "crash_loop_max_restorations": _positive_int,
+    "crash_loop_window_s": _non_negative_float,
+    "capacity": _positive_int,
 }
 
 

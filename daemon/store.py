@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from daemon.batch import Batch
 from daemon.db.queries import queries
@@ -295,3 +296,51 @@ class EventStore:
                 queries["list_supervisor_events"], supervisor_id, after_seq, limit
             )
         return [dict(row) for row in rows]
+
+
+class RestorationStore:
+    """Set-based loads and writes for restoring many supervisors at once."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def claim(self, daemon_id: str, capacity: int) -> list[asyncpg.Record]:
+        with map_db_errors():
+            return await self._pool.fetch(queries["claim_supervisors"], daemon_id, capacity)
+
+    async def load(self, ids: list[uuid.UUID]) -> dict[str, list[asyncpg.Record]]:
+        """Rows, tasks and unapplied answers of `ids`: three statements."""
+        with map_db_errors():
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(queries["load_supervisors_for_restoration"], ids)
+                tasks = await conn.fetch(queries["load_tasks_of_supervisors"], ids)
+                answers = await conn.fetch(queries["load_unapplied_answers"], ids)
+        return {"rows": rows, "tasks": tasks, "answers": answers}
+
+    async def checkpoints(self, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+        with map_db_errors():
+            return await self._pool.fetch(queries["load_checkpoints_of_supervisors"], ids)
+
+    async def write(
+        self,
+        rows: list[dict[str, Any]],
+        applied_answers: list[uuid.UUID],
+        notifications: list[dict[str, Any]],
+    ) -> set[uuid.UUID]:
+        """Apply restorations, mark answers applied, send NOTIFYs: one transaction.
+
+        Returns the supervisors actually written (a row whose epoch moved is skipped).
+        """
+        dumps = orjson.dumps
+        with map_db_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                written = await conn.fetch(
+                    queries["apply_restorations"], dumps(rows, default=str).decode()
+                )
+                if applied_answers:
+                    await conn.execute(queries["mark_answers_applied"], applied_answers)
+                if notifications:
+                    await conn.fetchval(
+                        queries["notify_questions"], dumps(notifications, default=str).decode()
+                    )
+        return {row["id"] for row in written}

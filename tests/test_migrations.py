@@ -45,6 +45,8 @@ EXPECTED_COLUMNS = {
         "owner_epoch",
         "agent",
         "last_event_seq",
+        "restoration_window_started_at",
+        "restorations_in_window",
     },
     "daemons": {
         "id",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -21,10 +22,21 @@ from daemon.db.database import open_database
 from daemon.errors import DaemonError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.queue import PersistenceQueue
+from daemon.restoration import CrashLoopGuard
 from daemon.runtime.gc_tuning import tune_for_throughput
+from daemon.runtime.restore import restore_all
 from daemon.store import DaemonRegistry, EventStore
 
 LEASE_S = 30.0
+
+
+def crash_loop_guard(settings: Settings) -> CrashLoopGuard:
+    return CrashLoopGuard(
+        max_restorations=settings.crash_loop_max_restorations,
+        window=timedelta(seconds=settings.crash_loop_window_s),
+    )
+
+
 LEASE_RENEW_S = 10.0
 
 
@@ -64,13 +76,17 @@ async def run_daemon(settings: Settings) -> None:
             version=__version__,
             lease_s=LEASE_S,
         )
+        systemd.status("restoring supervisors")
+        summary = await restore_all(
+            db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=settings.capacity
+        )
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
         async with anyio.create_task_group() as tg:
             await tg.start(queue.run)
             tg.start_soon(_renew_lease, registry, daemon_id, log)
             tune_for_throughput()
             log.info("daemon.ready")
-            systemd.ready(f"ready: daemon {daemon_id}")
+            systemd.ready(f"ready: {summary.supervisors} supervisor(s) restored")
             await _wait_for_stop(log)
             # Stop intake, write what is queued (shielded, within the deadline), and
             # only then stop the other background jobs.

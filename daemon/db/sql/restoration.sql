@@ -1,0 +1,84 @@
+-- claim_supervisors --
+-- Take ownership (epoch + 1) of this daemon's own unfinished supervisors and of orphans whose daemon's lease expired, up to a capacity; returns each with its new epoch and previous owner
+WITH candidates AS (
+    SELECT s.id, s.owner_daemon_id AS previous_owner
+    FROM supervisor_states s
+    LEFT JOIN daemons d ON d.id = s.owner_daemon_id
+    WHERE s.state NOT IN ('completed', 'failed', 'blocked')
+      AND (s.owner_daemon_id IS NULL
+           OR s.owner_daemon_id = $1
+           OR d.stopped_at IS NOT NULL
+           OR d.lease_expires_at < now())
+    ORDER BY s.id
+    LIMIT $2
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE supervisor_states s
+SET owner_daemon_id = $1, owner_epoch = s.owner_epoch + 1
+FROM candidates c
+WHERE s.id = c.id
+RETURNING s.id, s.owner_epoch, c.previous_owner
+
+-- load_supervisors_for_restoration --
+-- The full rows of some supervisors, with the database's clock
+SELECT s.*, now() AS db_now
+FROM supervisor_states s
+WHERE s.id = ANY ($1::uuid[])
+
+-- load_tasks_of_supervisors --
+-- Every task row of some supervisors, with its status
+SELECT id, supervisor_id, status
+FROM supervisor_tasks
+WHERE supervisor_id = ANY ($1::uuid[])
+
+-- load_checkpoints_of_supervisors --
+-- The checkpoints of some supervisors, newest first per supervisor
+SELECT supervisor_id, snapshot
+FROM supervisor_checkpoints
+WHERE supervisor_id = ANY ($1::uuid[])
+ORDER BY supervisor_id, id DESC
+
+-- load_unapplied_answers --
+-- Answers recorded for some supervisors that no daemon has applied yet
+SELECT question_id, supervisor_id, answer, answered_by, answered_at
+FROM question_answers
+WHERE applied_at IS NULL AND supervisor_id = ANY ($1::uuid[])
+
+-- apply_restorations --
+-- Write the outcome of restoring many supervisors in one statement; each row names the epoch it holds, and a row whose epoch moved on (another owner) is left alone
+WITH r AS (
+    SELECT *
+    FROM jsonb_to_recordset($1::text::jsonb) AS r(
+        id uuid, epoch bigint, restored boolean, source text, ws timestamptz, wc int,
+        st text, ph text, p int, er text, a text, hist jsonb, pq jsonb, pt uuid[], sp uuid[])
+)
+UPDATE supervisor_states s SET
+    state = COALESCE(r.st, s.state),
+    error_message = CASE WHEN r.st IS NULL THEN s.error_message ELSE r.er END,
+    phase = COALESCE(r.ph, s.phase),
+    progress = COALESCE(r.p, s.progress),
+    -- Replaced together with the history when a checkpoint or a fresh start is restored.
+    current_activity = CASE WHEN r.hist IS NULL THEN s.current_activity ELSE r.a END,
+    conversation_history = COALESCE(r.hist, s.conversation_history),
+    pending_questions = COALESCE(r.pq, s.pending_questions),
+    pending_task_ids = COALESCE(r.pt, s.pending_task_ids),
+    spawned_task_ids = COALESCE(r.sp, s.spawned_task_ids),
+    restoration_count = s.restoration_count + CASE WHEN r.restored THEN 1 ELSE 0 END,
+    last_restored_at = CASE WHEN r.restored THEN now() ELSE s.last_restored_at END,
+    restoration_source = CASE WHEN r.restored THEN r.source ELSE s.restoration_source END,
+    restoration_window_started_at = r.ws,
+    restorations_in_window = r.wc,
+    updated_at = now()
+FROM r
+WHERE s.id = r.id AND (r.epoch IS NULL OR s.owner_epoch = r.epoch)
+RETURNING s.id
+
+-- mark_answers_applied --
+-- Answers now applied to their supervisors
+UPDATE question_answers SET applied_at = now()
+WHERE question_id = ANY ($1::uuid[]) AND applied_at IS NULL
+
+-- notify_questions --
+-- Deliver questions on the supervisor_questions channel, one NOTIFY each (sent at commit)
+SELECT count(pg_notify('supervisor_questions', q::text))
+FROM jsonb_array_elements($1::text::jsonb) AS q

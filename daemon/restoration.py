@@ -1,0 +1,459 @@
+"""Restoration: bring supervisors back from the database, validation first.
+
+Pure logic over rows already loaded (daemon/runtime/restore.py does the I/O, set-based).
+For each supervisor this module decides, following SPEC.md "Restoration protocol":
+
+1. the crash-loop guard: restored too often within the window -> parked (blocked);
+2. validation of the stored state, every problem named;
+3. what to restore: the state itself (valid), else the newest valid checkpoint, else a
+   fresh start, else - when starting fresh could lose or repeat work - park it for an
+   operator (blocked, manual intervention);
+4. answers that arrived while no daemon ran: applied, their questions not redelivered;
+5. the questions to redeliver; the awaited tasks that finished meanwhile (no longer
+   awaited) and those still running;
+6. the restoration context message for the agent, and the row to write back.
+
+It never raises for bad data: whatever is stored, the result is an outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from daemon.models import (
+    PHASES,
+    PendingQuestion,
+    RestorationSource,
+    StateRecoveryAction,
+    StateValidationResult,
+    SupervisorRestorationContext,
+    SupervisorStateKind,
+    TaskStatus,
+)
+
+_STATES = frozenset(SupervisorStateKind)
+_PHASES = frozenset(PHASES)
+_FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+_LIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
+_NEEDS_ERROR = frozenset({SupervisorStateKind.FAILED, SupervisorStateKind.BLOCKED})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CrashLoopGuard:
+    """More than `max_restorations` automatic restorations within `window` parks one."""
+
+    max_restorations: int = 5
+    window: timedelta = timedelta(minutes=10)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RestorationInput:
+    """Everything loaded for one supervisor."""
+
+    row: Mapping[str, Any]
+    tasks: Mapping[uuid.UUID, str]  # every task row of this supervisor: id -> status
+    checkpoints: Sequence[Mapping[str, Any]] = ()  # snapshots, newest first
+    answers: Sequence[Mapping[str, Any]] = ()  # question_answers not yet applied
+    source: RestorationSource
+    now: datetime
+    manual: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RestorationOutcome:
+    supervisor_id: uuid.UUID
+    outcome: str  # restored | blocked | failed
+    action: StateRecoveryAction
+    validation: StateValidationResult
+    context: SupervisorRestorationContext
+    redeliver: tuple[PendingQuestion, ...]
+    applied_answers: tuple[uuid.UUID, ...]
+    write: dict[str, Any]  # the row for apply_restorations (see restoration.sql)
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def _uuid_list(value: Any, name: str, issues: list[str]) -> list[uuid.UUID]:
+    if not isinstance(value, list | tuple):
+        issues.append(f"{name} is not an array")
+        return []
+    out: list[uuid.UUID] = []
+    for item in value:
+        try:
+            out.append(item if isinstance(item, uuid.UUID) else uuid.UUID(str(item)))
+        except ValueError:
+            issues.append(f"{name} holds {item!r}, not a task id")
+    return out
+
+
+def _questions(value: Any, issues: list[str]) -> list[PendingQuestion]:
+    if not isinstance(value, list):
+        issues.append(f"pending_questions is not a JSON array ({type(value).__name__})")
+        return []
+    parsed = []
+    for n, item in enumerate(value):
+        try:
+            parsed.append(PendingQuestion.from_json(item))
+        except (ValueError, TypeError) as exc:
+            issues.append(f"pending question {n} does not parse: {exc}")
+    return parsed
+
+
+def validate(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[str]:
+    """Every problem with a stored state, named; empty when the state is valid."""
+    issues: list[str] = []
+    state = row.get("state")
+    if state not in _STATES:
+        issues.append(f"unknown state {state!r}")
+    phase = row.get("phase")
+    if phase not in _PHASES:
+        issues.append(f"unknown phase {phase!r}")
+    progress = row.get("progress")
+    if isinstance(progress, bool) or not isinstance(progress, int) or not 0 <= progress <= 100:
+        issues.append(f"progress {progress!r} is outside 0-100")
+    if state in _NEEDS_ERROR and not row.get("error_message"):
+        issues.append(f"state {state} has no error message")
+    questions = _questions(row.get("pending_questions"), issues)
+    if state == SupervisorStateKind.WAITING_FOR_USER and not questions:
+        issues.append("waiting_for_user with no pending question")
+    if not isinstance(row.get("conversation_history"), list):
+        issues.append("conversation_history is not a JSON array")
+    spawned = _uuid_list(row.get("spawned_task_ids"), "spawned_task_ids", issues)
+    awaited = _uuid_list(row.get("pending_task_ids"), "pending_task_ids", issues)
+    spawned_set = set(spawned)
+    not_spawned = [t for t in awaited if t not in spawned_set]
+    if not_spawned:
+        issues.append(f"awaited tasks not spawned: {', '.join(map(str, not_spawned[:5]))}")
+    missing = [t for t in spawned if t not in tasks]
+    if missing:
+        issues.append(f"spawned tasks that do not exist: {', '.join(map(str, missing[:5]))}")
+    return issues
+
+
+# -- the decision ---------------------------------------------------------------------
+
+
+_SNAPSHOT_FIELDS = (
+    "state", "phase", "progress", "error_message", "current_activity",
+    "conversation_history", "pending_questions", "pending_task_ids", "spawned_task_ids",
+)  # fmt: skip
+
+
+def _fresh(row: Mapping[str, Any]) -> dict[str, Any]:
+    fresh = dict(row)
+    fresh.update(
+        state=SupervisorStateKind.INITIALIZING.value, phase=PHASES[0], progress=0,
+        error_message=None, current_activity=None, conversation_history=[],
+        pending_questions=[], pending_task_ids=[], spawned_task_ids=[],
+    )  # fmt: skip
+    return fresh
+
+
+def _live_tasks(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[uuid.UUID]:
+    """Tasks of this supervisor still pending or running: work a fresh start would lose."""
+    return [task_id for task_id, status in tasks.items() if status in _LIVE]
+
+
+def _in_crash_loop(item: RestorationInput, guard: CrashLoopGuard) -> int | None:
+    """The number of restorations in the current window when the guard trips."""
+    if item.manual:
+        return None
+    started = item.row.get("restoration_window_started_at")
+    count = item.row.get("restorations_in_window") or 0
+    in_window = isinstance(started, datetime) and started > item.now - guard.window
+    if in_window and count >= guard.max_restorations:
+        return int(count)
+    return None
+
+
+def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
+    """The outcome for one supervisor. Never raises on bad data (see `plan_safely`)."""
+    row = item.row
+    sid = row["id"]
+    warnings: list[str] = []
+    previous_state = row.get("state") if row.get("state") in _STATES else None
+
+    loops = _in_crash_loop(item, guard)
+    if loops is not None:
+        reason = (
+            f"crash loop: restored {loops} times within {int(guard.window.total_seconds())} s;"
+            f" not restored automatically. Restore it with `supervisor-daemon restore {sid}`"
+        )
+        return _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, [reason])
+
+    issues = validate(row, item.tasks)
+    base: Mapping[str, Any] = row
+    action = StateRecoveryAction.PROCEED
+    if issues:
+        checkpoint = _newest_valid_checkpoint(item, warnings)
+        if checkpoint is not None:
+            base = {**row, **{k: checkpoint[k] for k in _SNAPSHOT_FIELDS if k in checkpoint}}
+            base = _typed_snapshot(base)
+            action = StateRecoveryAction.USE_CHECKPOINT
+            warnings.append(
+                f"stored state invalid; restored the checkpoint of phase {base.get('phase')}"
+            )
+        elif _live_tasks(row, item.tasks):
+            reason = (
+                "stored state invalid, no valid checkpoint, and tasks still running:"
+                " starting fresh could lose or repeat their work. Issues: " + "; ".join(issues)
+            )
+            return _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, issues)
+        else:
+            base = _fresh(row)
+            action = StateRecoveryAction.START_FRESH
+            warnings.append("stored state invalid and no valid checkpoint: started fresh")
+    validation = StateValidationResult(
+        is_valid=not issues, issues=tuple(issues), recovery_action=action
+    )
+    return _restore(item, guard, base, action, validation, previous_state, warnings)
+
+
+def _typed_snapshot(base: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint snapshot carries ids as strings; make them UUIDs like a row's."""
+    for key in ("pending_task_ids", "spawned_task_ids"):
+        base[key] = [uuid.UUID(str(t)) for t in base.get(key) or []]
+    return base
+
+
+def _newest_valid_checkpoint(
+    item: RestorationInput, warnings: list[str]
+) -> Mapping[str, Any] | None:
+    for n, snapshot in enumerate(item.checkpoints):
+        if not isinstance(snapshot, Mapping):
+            continue
+        candidate = {**item.row, **{k: snapshot.get(k) for k in _SNAPSHOT_FIELDS}}
+        try:
+            candidate = _typed_snapshot(candidate)
+        except (ValueError, TypeError):
+            continue
+        if not validate(candidate, item.tasks):
+            if n:
+                warnings.append(f"skipped {n} newer checkpoint(s) that are invalid too")
+            return candidate
+    return None
+
+
+def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
+    item: RestorationInput,
+    guard: CrashLoopGuard,
+    base: Mapping[str, Any],
+    action: StateRecoveryAction,
+    validation: StateValidationResult,
+    previous_state: str | None,
+    warnings: list[str],
+) -> RestorationOutcome:
+    sid = item.row["id"]
+    questions = [PendingQuestion.from_json(q) for q in base["pending_questions"]]
+    state = SupervisorStateKind(base["state"])
+
+    # Answers given while no daemon ran: apply them instead of asking again.
+    answered: dict[uuid.UUID, Mapping[str, Any]] = {}
+    for answer in item.answers:
+        answered[uuid.UUID(str(answer["question_id"]))] = answer
+    applied = tuple(answered)
+    applied_here = [q for q in questions if q.id in answered]
+    questions = [q for q in questions if q.id not in answered]
+    stale = [qid for qid in answered if qid not in {q.id for q in applied_here}]
+    if stale:
+        warnings.append(f"{len(stale)} answer(s) to questions no longer pending were ignored")
+
+    awaited = list(base["pending_task_ids"])
+    finished = [t for t in awaited if item.tasks.get(t) in _FINISHED]
+    still_awaited = [t for t in awaited if t not in set(finished)]
+
+    error = base.get("error_message")
+    if item.manual and state == SupervisorStateKind.BLOCKED:
+        # An operator restores a parked supervisor: make it runnable again.
+        state = (
+            SupervisorStateKind.WAITING_FOR_USER if questions
+            else SupervisorStateKind.WAITING_FOR_TASKS if still_awaited
+            else SupervisorStateKind.WORKING
+        )  # fmt: skip
+        warnings.append(f"unparked by an operator (it was blocked: {error})")
+        error = None
+    if state == SupervisorStateKind.WAITING_FOR_USER and not questions:
+        state = SupervisorStateKind.WORKING
+    if state == SupervisorStateKind.WAITING_FOR_TASKS and not still_awaited:
+        state = SupervisorStateKind.WORKING
+
+    history = list(base["conversation_history"])
+    count = int(item.row.get("restoration_count") or 0) + 1
+    message = context_message(
+        supervisor_id=sid, source=item.source, count=count, previous_state=previous_state,
+        state=state.value, phase=str(base["phase"]), progress=int(base["progress"]),
+        last_activity=base.get("current_activity"), action=action,
+        pending=questions, answered=[(q, answered[q.id]) for q in applied_here],
+        awaited={t: item.tasks.get(t, "unknown") for t in awaited},
+        warnings=warnings, issues=list(validation.issues),
+    )  # fmt: skip
+    context = SupervisorRestorationContext(
+        success=True,
+        previous_state=SupervisorStateKind(previous_state) if previous_state else None,
+        conversation_history=tuple(history), pending_questions=tuple(questions),
+        awaited_task_ids=tuple(still_awaited), spawned_task_ids=tuple(base["spawned_task_ids"]),
+        restoration_count=count, restoration_context_message=message, warnings=tuple(warnings),
+    )  # fmt: skip
+    write = _write_row(item, guard, restored=True)
+    if action is not StateRecoveryAction.PROCEED:
+        write.update(
+            st=state.value, ph=base["phase"], p=base["progress"], er=error,
+            a=base.get("current_activity"), hist=history,
+            pq=[q.to_json() for q in questions], pt=_array(still_awaited),
+            sp=_array(base["spawned_task_ids"]),
+        )  # fmt: skip
+    else:
+        if state.value != item.row["state"]:
+            write.update(st=state.value, er=error)
+        if applied_here:
+            write["pq"] = [q.to_json() for q in questions]
+        if finished:
+            write["pt"] = _array(still_awaited)
+    return RestorationOutcome(
+        supervisor_id=sid, outcome="restored", action=action, validation=validation,
+        context=context, redeliver=tuple(questions), applied_answers=applied, write=write,
+    )  # fmt: skip
+
+
+def _array(ids: Sequence[uuid.UUID]) -> str:
+    return "{" + ",".join(str(t) for t in ids) + "}"
+
+
+def _write_row(item: RestorationInput, guard: CrashLoopGuard, *, restored: bool) -> dict[str, Any]:
+    row = item.row
+    window_started = row.get("restoration_window_started_at")
+    in_window = row.get("restorations_in_window") or 0
+    # Manual restoration starts a new window: an operator vouched for it.
+    if item.manual or not (
+        isinstance(window_started, datetime) and window_started > item.now - guard.window
+    ):
+        window_started, in_window = item.now, 0
+    return {
+        "id": row["id"], "epoch": row.get("owner_epoch"), "restored": restored,
+        "source": item.source.value, "ws": window_started.isoformat(),
+        "wc": in_window + (1 if restored and not item.manual else 0),
+        "st": None, "ph": None, "p": None, "er": None, "a": None, "hist": None, "pq": None,
+        "pt": None, "sp": None,
+    }  # fmt: skip
+
+
+def _parked(
+    item: RestorationInput,
+    guard: CrashLoopGuard,
+    reason: str,
+    action: StateRecoveryAction,
+    issues: list[str],
+) -> RestorationOutcome:
+    sid = item.row["id"]
+    previous = item.row.get("state")
+    validation = StateValidationResult(is_valid=False, issues=tuple(issues), recovery_action=action)
+    context = SupervisorRestorationContext(
+        success=False,
+        previous_state=SupervisorStateKind(previous) if previous in _STATES else None,
+        restoration_count=int(item.row.get("restoration_count") or 0),
+        restoration_context_message=f"Supervisor {sid} was parked for an operator: {reason}",
+        warnings=(reason,),
+    )
+    write = _write_row(item, guard, restored=False)
+    write.update(st=SupervisorStateKind.BLOCKED.value, er=reason)
+    return RestorationOutcome(
+        supervisor_id=sid,
+        outcome="blocked",
+        action=action,
+        validation=validation,
+        context=context,
+        redeliver=(),
+        applied_answers=(),
+        write=write,
+    )
+
+
+def plan_safely(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
+    """`plan`, with any unexpected error turned into a parked supervisor."""
+    try:
+        return plan(item, guard)
+    except Exception as exc:  # noqa: BLE001 - one supervisor's failure must not stop the rest
+        reason = f"restoration failed: {type(exc).__name__}: {exc}"
+        parked = _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, [reason])
+        return dataclasses.replace(parked, outcome="failed")
+
+
+# -- the message for the agent ------------------------------------------------------------
+
+
+_WHY = {
+    RestorationSource.DAEMON_RESTART: "the daemon restarted",
+    RestorationSource.TASK_REASSIGNMENT: "the daemon that ran you stopped answering and "
+    "another took over",
+    RestorationSource.MANUAL: "an operator asked for it",
+}
+_HOW = {
+    StateRecoveryAction.PROCEED: "Your saved state was valid and is restored as it was.",
+    StateRecoveryAction.USE_CHECKPOINT: "Your saved state was invalid; you resume from the "
+    "last valid checkpoint, so work after it may be missing.",
+    StateRecoveryAction.START_FRESH: "Your saved state was invalid and no checkpoint was "
+    "usable; you start fresh from the first phase.",
+    StateRecoveryAction.MANUAL_INTERVENTION: "You were parked for an operator.",
+}
+
+
+def context_message(
+    *,
+    supervisor_id: uuid.UUID,
+    source: RestorationSource,
+    count: int,
+    previous_state: str | None,
+    state: str,
+    phase: str,
+    progress: int,
+    last_activity: str | None,
+    action: StateRecoveryAction,
+    pending: Sequence[PendingQuestion],
+    answered: Sequence[tuple[PendingQuestion, Mapping[str, Any]]],
+    awaited: Mapping[uuid.UUID, str],
+    warnings: Sequence[str],
+    issues: Sequence[str],
+) -> str:
+    """Plain text an LLM agent can act on; stable layout (golden-file tested)."""
+    times = "time" if count == 1 else "times"
+    lines = [
+        f"You are supervisor {supervisor_id}, restored because {_WHY[source]}.",
+        f"This is restoration number {count} ({count} {times} in total).",
+        _HOW[action],
+        "",
+        f"State: {state} (before: {previous_state or 'unknown'})",
+        f"Phase: {phase}",
+        f"Progress: {progress}%",
+        f"Last activity: {last_activity or 'none recorded'}",
+    ]
+    if issues:
+        lines += ["", "Problems found in the saved state:"]
+        lines += [f"- {issue}" for issue in issues]
+    lines += ["", f"Questions still waiting for an answer ({len(pending)}):"]
+    if pending:
+        for q in pending:
+            choices = f" Choices: {', '.join(q.choices)}." if q.choices else ""
+            lines.append(f"- [{q.id}] ({q.question_type.value}) {q.question}{choices}")
+        lines.append("They have been delivered again; wait for their answers.")
+    else:
+        lines.append("- none")
+    if answered:
+        lines += ["", "Answers that arrived while you were down (already applied):"]
+        lines += [f"- [{q.id}] {q.question} -> {a['answer']}" for q, a in answered]
+    lines += ["", f"Tasks you were waiting for ({len(awaited)}):"]
+    if awaited:
+        for task_id, status in awaited.items():
+            note = " (finished while you were down)" if status in _FINISHED else ""
+            lines.append(f"- {task_id}: {status}{note}")
+    else:
+        lines.append("- none")
+    if warnings:
+        lines += ["", "Warnings:"]
+        lines += [f"- {w}" for w in warnings]
+    lines += ["", "Resume from this state."]
+    return "\n".join(lines) + "\n"

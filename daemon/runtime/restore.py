@@ -1,0 +1,208 @@
+"""Restore every supervisor this daemon owns, set-based, before it reports ready.
+
+Claim (one statement), then per chunk of supervisors: load rows, tasks and unapplied
+answers (three statements), the checkpoints of the invalid ones (one more, only when
+some are invalid), decide each supervisor's outcome (daemon.restoration, pure), and
+write all outcomes, applied answers and question redeliveries in one transaction.
+One supervisor's failure is its own outcome; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from daemon.logs import get_logger
+from daemon.models import RestorationSource
+from daemon.restoration import (
+    CrashLoopGuard,
+    RestorationInput,
+    RestorationOutcome,
+    plan_safely,
+    validate,
+)
+from daemon.store import RestorationStore
+
+log = get_logger()
+CHUNK = 5_000
+NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
+
+OutcomeCallback = Callable[[RestorationOutcome], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RestorationSummary:
+    supervisors: int
+    by_outcome: dict[str, int]
+    by_action: dict[str, int]
+    questions_redelivered: int
+    answers_applied: int
+    seconds: float
+
+
+async def restore_all(
+    pool: asyncpg.Pool[Any],
+    daemon_id: str,
+    *,
+    guard: CrashLoopGuard | None = None,
+    capacity: int = 1_000_000,
+    on_outcome: OutcomeCallback | None = None,
+) -> RestorationSummary:
+    """Claim this daemon's supervisors and orphans, restore them all, log a summary."""
+    started = time.perf_counter()
+    store = RestorationStore(pool)
+    claimed = await store.claim(daemon_id, capacity)
+    sources = {
+        row["id"]: RestorationSource.DAEMON_RESTART
+        if row["previous_owner"] in (None, daemon_id)
+        else RestorationSource.TASK_REASSIGNMENT
+        for row in claimed
+    }
+    return await restore(
+        pool, sources, guard=guard or CrashLoopGuard(), on_outcome=on_outcome, started=started
+    )
+
+
+async def restore_manually(
+    pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID, *, guard: CrashLoopGuard | None = None
+) -> RestorationOutcome | None:
+    """An operator's restoration of one supervisor (source `manual`, guard bypassed).
+
+    Ownership is left as it is; a parked supervisor becomes runnable again. None when
+    the supervisor does not exist.
+    """
+    found: list[RestorationOutcome] = []
+    await restore(
+        pool,
+        {supervisor_id: RestorationSource.MANUAL},
+        guard=guard or CrashLoopGuard(),
+        manual=True,
+        on_outcome=found.append,
+    )
+    return found[0] if found else None
+
+
+async def restore(
+    pool: asyncpg.Pool[Any],
+    sources: dict[uuid.UUID, RestorationSource],
+    *,
+    guard: CrashLoopGuard,
+    manual: bool = False,
+    on_outcome: OutcomeCallback | None = None,
+    started: float | None = None,
+) -> RestorationSummary:
+    started = time.perf_counter() if started is None else started
+    store = RestorationStore(pool)
+    outcomes: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    redelivered = applied = 0
+    ids = list(sources)
+    for first in range(0, len(ids), CHUNK):
+        chunk = ids[first : first + CHUNK]
+        results = await _restore_chunk(store, chunk, sources, guard, manual)
+        for result in results:
+            outcomes[result.outcome] += 1
+            actions[result.action.value] += 1
+            redelivered += len(result.redeliver)
+            applied += len(result.applied_answers)
+            if on_outcome is not None:
+                on_outcome(result)
+    summary = RestorationSummary(
+        supervisors=len(ids), by_outcome=dict(outcomes), by_action=dict(actions),
+        questions_redelivered=redelivered, answers_applied=applied,
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip
+    log.info("restoration.summary", supervisors=summary.supervisors,
+             outcomes=summary.by_outcome, actions=summary.by_action,
+             questions_redelivered=redelivered, answers_applied=applied,
+             elapsed_s=round(summary.seconds, 3))  # fmt: skip
+    return summary
+
+
+async def _restore_chunk(
+    store: RestorationStore,
+    ids: list[uuid.UUID],
+    sources: dict[uuid.UUID, RestorationSource],
+    guard: CrashLoopGuard,
+    manual: bool,
+) -> list[RestorationOutcome]:
+    loaded = await store.load(ids)
+    tasks: dict[uuid.UUID, dict[uuid.UUID, str]] = {}
+    for task in loaded["tasks"]:
+        tasks.setdefault(task["supervisor_id"], {})[task["id"]] = task["status"]
+    answers: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for answer in loaded["answers"]:
+        answers.setdefault(answer["supervisor_id"], []).append(dict(answer))
+    rows = [dict(row) for row in loaded["rows"]]
+
+    # Checkpoints only for the supervisors whose state is invalid (a few percent).
+    invalid = [row["id"] for row in rows if validate(row, tasks.get(row["id"], {}))]
+    checkpoints: dict[uuid.UUID, list[Any]] = {}
+    if invalid:
+        for record in await store.checkpoints(invalid):
+            checkpoints.setdefault(record["supervisor_id"], []).append(record["snapshot"])
+
+    results = []
+    for row in rows:
+        sid = row["id"]
+        now: datetime = row.pop("db_now")
+        item = RestorationInput(
+            row=row, tasks=tasks.get(sid, {}), checkpoints=checkpoints.get(sid, ()),
+            answers=answers.get(sid, ()), source=sources[sid], now=now, manual=manual,
+        )  # fmt: skip
+        results.append(plan_safely(item, guard))
+
+    written = await store.write(
+        [r.write for r in results],
+        [qid for r in results for qid in r.applied_answers],
+        _notifications(results),
+    )
+    for result in results:
+        _log(result, written, sources[result.supervisor_id])
+    return results
+
+
+def _notifications(results: Sequence[RestorationOutcome]) -> list[dict[str, Any]]:
+    return [
+        {
+            "supervisorId": result.supervisor_id,
+            "questionId": question.id,
+            "question": question.question[:NOTIFY_QUESTION_CHARS],
+            "choices": list(question.choices),
+            "questionType": question.question_type.value,
+            "redelivery": True,
+        }
+        for result in results
+        for question in result.redeliver
+    ]
+
+
+def _log(result: RestorationOutcome, written: set[uuid.UUID], source: RestorationSource) -> None:
+    sid = str(result.supervisor_id)
+    if result.supervisor_id not in written:
+        log.warning(
+            "supervisor.restore_skipped",
+            supervisor_id=sid,
+            reason="owned by another daemon (epoch moved)",
+        )
+        return
+    level = log.info if result.outcome == "restored" else log.warning
+    level(
+        "supervisor.restored", supervisor_id=sid, outcome=result.outcome,
+        action=result.action.value, issues=list(result.validation.issues),
+        restoration_count=result.context.restoration_count, source=source.value,
+        warnings=list(result.context.warnings),
+    )  # fmt: skip
+    for question in result.redeliver:
+        log.info(
+            "question.delivered", supervisor_id=sid, question_id=str(question.id),
+            question=question.question, choices=list(question.choices),
+            question_type=question.question_type.value, redelivery=True,
+        )  # fmt: skip
