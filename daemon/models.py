@@ -90,7 +90,7 @@ class _Json:
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         if not isinstance(data, Mapping):
             raise ValueError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):  # type: ignore[arg-type]
             key = camel(field.name)
@@ -108,6 +108,17 @@ class _Json:
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    # Resolving string annotations is slow; a class's hints never change.
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _encode(value: Any) -> Any:

@@ -61,6 +61,7 @@ class RestorationInput:
     source: RestorationSource
     now: datetime
     manual: bool = False
+    issues: list[str] | None = None  # validate(row, tasks) when already computed
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,7 +187,7 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
         )
         return _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, [reason])
 
-    issues = validate(row, item.tasks)
+    issues = validate(row, item.tasks) if item.issues is None else item.issues
     base: Mapping[str, Any] = row
     action = StateRecoveryAction.PROCEED
     if issues:

@@ -6,12 +6,12 @@ errors with the password masked, since asyncpg sometimes echoes the DSN.
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
 import asyncpg.pool
+import orjson
 
 from daemon.errors import ConfigError, DatabaseError, map_db_errors
 from daemon.logs import redact
@@ -21,9 +21,16 @@ from daemon.logs import redact
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 
+def _encode_json(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
 async def init_connection(conn: asyncpg.Connection[Any]) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # orjson: decoding conversation histories is most of the work of loading states.
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            name, encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog"
+        )
 
 
 def describe(dsn: str) -> str:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import anyio
+import anyio.abc
 import asyncpg
 
 from daemon.logs import get_logger
@@ -31,7 +33,7 @@ from daemon.restoration import (
 from daemon.store import RestorationStore
 
 log = get_logger()
-CHUNK = 5_000
+CHUNK = 2_000
 NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
 
 OutcomeCallback = Callable[[RestorationOutcome], None]
@@ -104,16 +106,21 @@ async def restore(
     actions: Counter[str] = Counter()
     redelivered = applied = 0
     ids = list(sources)
-    for first in range(0, len(ids), CHUNK):
-        chunk = ids[first : first + CHUNK]
-        results = await _restore_chunk(store, chunk, sources, guard, manual)
-        for result in results:
-            outcomes[result.outcome] += 1
-            actions[result.action.value] += 1
-            redelivered += len(result.redeliver)
-            applied += len(result.applied_answers)
-            if on_outcome is not None:
-                on_outcome(result)
+    chunks = [ids[first : first + CHUNK] for first in range(0, len(ids), CHUNK)]
+    # The next chunk loads (PostgreSQL's work) while this one is decided and written.
+    send, receive = anyio.create_memory_object_stream[Loaded](1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_load_ahead, store, chunks, send)
+        async with receive:
+            async for loaded in receive:
+                results = await _restore_chunk(store, loaded, sources, guard, manual)
+                for result in results:
+                    outcomes[result.outcome] += 1
+                    actions[result.action.value] += 1
+                    redelivered += len(result.redeliver)
+                    applied += len(result.applied_answers)
+                    if on_outcome is not None:
+                        on_outcome(result)
     summary = RestorationSummary(
         supervisors=len(ids), by_outcome=dict(outcomes), by_action=dict(actions),
         questions_redelivered=redelivered, answers_applied=applied,
@@ -126,14 +133,26 @@ async def restore(
     return summary
 
 
+Loaded = dict[str, list[asyncpg.Record]]
+
+
+async def _load_ahead(
+    store: RestorationStore,
+    chunks: list[list[uuid.UUID]],
+    send: anyio.abc.ObjectSendStream[Loaded],
+) -> None:
+    async with send:
+        for chunk in chunks:
+            await send.send(await store.load(chunk))
+
+
 async def _restore_chunk(
     store: RestorationStore,
-    ids: list[uuid.UUID],
+    loaded: Loaded,
     sources: dict[uuid.UUID, RestorationSource],
     guard: CrashLoopGuard,
     manual: bool,
 ) -> list[RestorationOutcome]:
-    loaded = await store.load(ids)
     tasks: dict[uuid.UUID, dict[uuid.UUID, str]] = {}
     for task in loaded["tasks"]:
         tasks.setdefault(task["supervisor_id"], {})[task["id"]] = task["status"]
@@ -143,7 +162,8 @@ async def _restore_chunk(
     rows = [dict(row) for row in loaded["rows"]]
 
     # Checkpoints only for the supervisors whose state is invalid (a few percent).
-    invalid = [row["id"] for row in rows if validate(row, tasks.get(row["id"], {}))]
+    issues = {row["id"]: validate(row, tasks.get(row["id"], {})) for row in rows}
+    invalid = [sid for sid, found in issues.items() if found]
     checkpoints: dict[uuid.UUID, list[Any]] = {}
     if invalid:
         for record in await store.checkpoints(invalid):
@@ -156,6 +176,7 @@ async def _restore_chunk(
         item = RestorationInput(
             row=row, tasks=tasks.get(sid, {}), checkpoints=checkpoints.get(sid, ()),
             answers=answers.get(sid, ()), source=sources[sid], now=now, manual=manual,
+            issues=issues[sid],
         )  # fmt: skip
         results.append(plan_safely(item, guard))
 
