@@ -21,8 +21,9 @@ from tests.test_cli import run_cli
 from tests.test_queue import running
 
 
-def _start(dsn: str, tmp_path: Path) -> subprocess.Popen[str]:
+def _start(dsn: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
+    env.update(extra)
     env.update(
         {
             "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
@@ -92,3 +93,47 @@ async def test_history_lists_the_journal(dsn: str, pool: asyncpg.Pool[Any]) -> N
     assert "phase_changed" in lines[1]
     as_json = json.loads(run_cli("history", str(state.id), "--json", env=env).stdout)
     assert [entry["seq"] for entry in as_json] == [1, 2]
+
+
+async def test_start_restores_owned_supervisors_before_ready(
+    dsn: str, tmp_path: Path, pool: asyncpg.Pool[Any]
+) -> None:
+    import socket
+
+    store = Store(pool)
+    state = await store.save_supervisor_state_full(new_state())
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(30)
+    try:
+        for round_ in (1, 2):
+            proc = _start(dsn, tmp_path, NOTIFY_SOCKET=str(notify_path))
+            try:
+                lines = _read_until(proc, "daemon.ready")
+                events_seen = [line["event"] for line in lines]
+                assert events_seen.index("restoration.summary") < events_seen.index("daemon.ready")
+                restored = [line for line in lines if line["event"] == "supervisor.restored"]
+                assert [line["supervisor_id"] for line in restored] == [str(state.id)]
+                assert restored[0]["restoration_count"] == round_
+                message = notify.recv(4096).decode()
+                while "READY=1" not in message:
+                    message = notify.recv(4096).decode()
+                assert "1 supervisor(s) restored" in message
+                if round_ == 1:
+                    proc.kill()  # a crash: no orderly stop, the lease is still valid
+                else:
+                    proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                assert proc.stderr is not None
+                proc.stderr.close()
+    finally:
+        notify.close()
+    row = await pool.fetchrow("SELECT * FROM supervisor_states WHERE id = $1", state.id)
+    assert row is not None
+    assert (row["restoration_count"], row["restoration_source"]) == (2, "daemon_restart")
+    assert row["owner_daemon_id"] == "test-daemon"
