@@ -31,6 +31,7 @@ import asyncpg
 
 from bench._setup import create_supervisors, fresh_database, machine, open_pool
 from daemon import events
+from daemon.cli import loop_options
 from daemon.events import Event
 from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind
 from daemon.queue import PersistenceQueue
@@ -389,7 +390,7 @@ def cli() -> None:
         help="save points each supervisor keeps awaiting their ack",
     )
     args = parser.parse_args()
-    result = anyio.run(main, args)
+    result = anyio.run(main, args, backend_options=loop_options())
     print(json.dumps(result))
 
 

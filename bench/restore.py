@@ -28,6 +28,7 @@ import asyncpg
 
 from bench._setup import history, machine, open_pool
 from daemon import logs
+from daemon.cli import loop_options
 from daemon.db import embedded, migrations
 from daemon.db.database import ensure_database
 from daemon.runtime.restore import restore_all
@@ -165,7 +166,7 @@ def cli() -> None:
     sizes = [int(part) for part in args.sizes.split(",")]
     with open(os.devnull, "w") as devnull:
         logs.configure(log_format="json", level="info", stream=devnull)
-        result = anyio.run(main, sizes)
+        result = anyio.run(main, sizes, backend_options=loop_options())
     print(json.dumps(result))
 
 

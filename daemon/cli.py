@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import uuid
@@ -252,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def loop_options() -> dict[str, Any]:
+    """uvloop when installed: its event loop wakes a waiting coroutine in about half the
+    time, and a busy daemon wakes tens of thousands of them a second."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+
+
 def _fail(message: str, code: int) -> int:
     print(f"supervisor-daemon: error: {logs.redact(message)}", file=sys.stderr)
     return code
@@ -268,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             register_dsn_secret(settings.database_url)
         func: Command = args.func
-        result: int = anyio.run(func, settings, args)
+        result: int = anyio.run(func, settings, args, backend_options=loop_options())
     except (ConfigError, MigrationError) as exc:
         return _fail(str(exc), EX_CONFIG)
     except DaemonError as exc:

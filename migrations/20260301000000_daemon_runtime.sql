@@ -28,7 +28,7 @@ CREATE INDEX idx_supervisor_states_owner ON supervisor_states (owner_daemon_id);
 -- so updates are HOT (no index writes). A long conversation history is stored out of
 -- line (TOAST) by PostgreSQL itself, so an update that does not touch it copies a
 -- pointer rather than the history.
-ALTER TABLE supervisor_states SET (fillfactor = 70, toast_tuple_target = 512);
+ALTER TABLE supervisor_states SET (fillfactor = 70);
 
 CREATE TABLE supervisor_tasks (
     id UUID PRIMARY KEY,
