@@ -85,14 +85,15 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
     A coalesced entry's position is the number of critical events that were queued
     before it arrived: it is newer than critical events at lower indexes only.
     """
-    folded: dict[uuid.UUID, dict[str, Any]] = {}
+    # Keyed by the id's integer: uuid.UUID hashes in Python, an int in C.
+    folded: dict[int, dict[str, Any]] = {}
     batch = Batch()
-    last_event = batch.last_event
     for index, event in enumerate(critical):
         sid = event.supervisor_id
-        row = folded.get(sid)
+        key = sid.int
+        row = folded.get(key)
         if row is None:
-            row = folded[sid] = _new_row(sid, event.epoch)
+            row = folded[key] = _new_row(sid, event.epoch)
         row["n"] += 1
         data = event.data
         kind = event.kind
@@ -122,13 +123,13 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
         elif kind is _MESSAGE_APPENDED:
             _append(row, "m", data["message"])
         row["ev"].append({"e": event.id, "k": kind, "p": data})
-        row["le"] = last_event[sid] = event.id
+        row["le"] = event.id
 
     for position, event in coalesced:
         sid = event.supervisor_id
-        row = folded.get(sid)
+        row = folded.get(sid.int)
         if row is None:
-            row = folded[sid] = _new_row(sid, event.epoch)
+            row = folded[sid.int] = _new_row(sid, event.epoch)
         data = event.data
         if "progress" in data and row["_p"] < position:
             row["p"] = data["progress"]
@@ -136,11 +137,13 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
             row["a"] = data["activity"]
 
     rows = batch.rows = list(folded.values())
+    last_event = batch.last_event
     for row in rows:
         del row["_a"], row["_p"]
         if not row["n"]:
             row["ev"] = None  # heartbeat/progress only: no journal segment
             continue
+        last_event[row["i"]] = row["le"]
         # Array literals: PostgreSQL parses "{a,b}" into uuid[] / text[] in C, where
         # unpacking JSON arrays inside the UPDATE costs a subquery per row.
         tasks = row["tk"]
