@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 
-GEN0_THRESHOLD = 5_000
+GEN0_THRESHOLD = 2_000
 GEN1_THRESHOLD = 50
 GEN2_THRESHOLD = 100
 
