@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,20 @@ from daemon.store import EventStore, Store
 from tests.factories import new_state
 from tests.test_cli import run_cli
 from tests.test_queue import running
+
+
+@contextlib.contextmanager
+def daemon_process(dsn: str, tmp_path: Path, **extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`supervisor-daemon run` as a child process; killed (if still running) on exit."""
+    proc = _start(dsn, tmp_path, **extra)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def _start(dsn: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
@@ -55,8 +71,7 @@ def _read_until(proc: subprocess.Popen[str], event: str, deadline_s: float = 30)
 async def test_run_is_ready_then_stops_cleanly_on_sigterm(
     dsn: str, tmp_path: Path, pool: asyncpg.Pool[Any]
 ) -> None:
-    proc = _start(dsn, tmp_path)
-    try:
+    with daemon_process(dsn, tmp_path) as proc:
         lines = _read_until(proc, "daemon.ready")
         assert all(line["daemon_id"] == "test-daemon" for line in lines)
         row = await pool.fetchrow("SELECT * FROM daemons WHERE id = 'test-daemon'")
@@ -65,12 +80,6 @@ async def test_run_is_ready_then_stops_cleanly_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         rest = _read_until(proc, "daemon.stopped")
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
     assert any(line["event"] == "queue.drained" for line in rest)
     row = await pool.fetchrow("SELECT * FROM daemons WHERE id = 'test-daemon'")
     assert row is not None
@@ -108,8 +117,7 @@ async def test_start_restores_owned_supervisors_before_ready(
     notify.settimeout(30)
     try:
         for round_ in (1, 2):
-            proc = _start(dsn, tmp_path, NOTIFY_SOCKET=str(notify_path))
-            try:
+            with daemon_process(dsn, tmp_path, NOTIFY_SOCKET=str(notify_path)) as proc:
                 lines = _read_until(proc, "daemon.ready")
                 events_seen = [line["event"] for line in lines]
                 assert events_seen.index("restoration.summary") < events_seen.index("daemon.ready")
@@ -125,12 +133,6 @@ async def test_start_restores_owned_supervisors_before_ready(
                 else:
                     proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                assert proc.stderr is not None
-                proc.stderr.close()
     finally:
         notify.close()
     row = await pool.fetchrow("SELECT * FROM supervisor_states WHERE id = $1", state.id)

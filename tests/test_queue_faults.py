@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import asyncpg
 import pytest
 
@@ -54,6 +55,10 @@ class Load:
                 return
             self.acked.add(event.id)
             n += 1
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        for sid in self.ids:
+            tg.start_soon(self.writer, sid)
 
     async def wait_for_acks(self, count: int, deadline_s: float = 60) -> None:
         with anyio.fail_after(deadline_s):
@@ -108,8 +113,7 @@ async def test_commit_with_unknown_outcome_is_not_applied_twice(
     async with running(queue):
         load = Load(queue, ids)
         async with anyio.create_task_group() as tg:
-            for sid in ids:
-                tg.start_soon(load.writer, sid)
+            load.start(tg)
             await load.wait_for_acks(2000)
             load.stop.set()
     assert event_store.lost > 5
@@ -225,8 +229,7 @@ async def test_server_restarted_mid_load(
     async with running(queue):
         load = Load(queue, ids)
         async with anyio.create_task_group() as tg:
-            for sid in ids:
-                tg.start_soon(load.writer, sid)
+            load.start(tg)
             await load.wait_for_acks(2000)
             acked_before = len(load.acked)
             await anyio.to_thread.run_sync(crashable.crash_and_restart)
