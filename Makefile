@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/supervisor-daemon run
+	$(BIN)/supervisor-daemon run --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests bench

@@ -31,6 +31,7 @@ _PHASE_CHANGED = EventKind.PHASE_CHANGED
 _ACTIVITY_REPORTED = EventKind.ACTIVITY_REPORTED
 _STATE_CHANGED = EventKind.STATE_CHANGED
 _MESSAGE_APPENDED = EventKind.MESSAGE_APPENDED
+_TASKS_COLLECTED = EventKind.TASKS_COLLECTED
 
 
 def _new_row(supervisor_id: uuid.UUID, epoch: int | None) -> dict[str, Any]:
@@ -48,6 +49,8 @@ def _new_row(supervisor_id: uuid.UUID, epoch: int | None) -> dict[str, Any]:
         "q": None,  # questions asked (PendingQuestion JSON)
         "an": None,  # answers: [{"q": question id, "a": answer, "by": who}]
         "ai": None,  # the answered question ids, as an array literal
+        "rt": None,  # task ids no longer awaited (collected), as an array literal
+        "_rt": None,
         "m": None,  # messages appended to the history
         # Positions of the last critical event that set activity / progress, so a
         # coalesced entry can tell whether it is newer. Removed before encoding.
@@ -122,6 +125,9 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
             row["ph"] = data["phase"]
         elif kind is _MESSAGE_APPENDED:
             _append(row, "m", data["message"])
+        elif kind is _TASKS_COLLECTED:
+            for task_id in data["taskIds"]:
+                _append(row, "_rt", task_id)
         row["ev"].append({"e": event.id, "k": kind, "p": data})
         row["le"] = event.id
 
@@ -140,6 +146,9 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
     last_event = batch.last_event
     for row in rows:
         del row["_a"], row["_p"]
+        collected = row.pop("_rt")
+        if collected is not None:
+            row["rt"] = "{" + ",".join(collected) + "}"
         if not row["n"]:
             row["ev"] = None  # heartbeat/progress only: no journal segment
             continue

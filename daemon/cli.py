@@ -24,7 +24,15 @@ from daemon.config import Settings, load_settings
 from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.db.pool import connect
-from daemon.errors import EX_CONFIG, ConfigError, DaemonError, MigrationError
+from daemon.errors import (
+    EX_CONFIG,
+    EX_SOFTWARE,
+    ConfigError,
+    ConflictError,
+    DaemonCrashedError,
+    DaemonError,
+    MigrationError,
+)
 from daemon.models import PHASES, SupervisorState, SupervisorStateKind
 from daemon.store import Store
 
@@ -45,10 +53,80 @@ def _print_json(value: Any) -> None:
 # -- commands ---------------------------------------------------------------------------
 
 
-async def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.lifecycle import run_daemon  # noqa: PLC0415 - keep CLI start fast
 
-    await run_daemon(settings)
+    if args.demo:
+        print(
+            "demo: two supervisors walk a contract through plan -> implement -> review.\n"
+            "When one asks its question, answer it from a second terminal:\n"
+            "  .venv/bin/supervisor-daemon questions list\n"
+            "  .venv/bin/supervisor-daemon answer QUESTION_ID yes",
+            file=sys.stderr,
+        )
+    await run_daemon(settings, demo=args.demo)
+    return 0
+
+
+async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.store import WorkStore  # noqa: PLC0415
+
+    async with open_database(settings) as db:
+        work = WorkStore(db.pool)
+        found = await work.find_pending_question(args.question_id)
+        if found is None:
+            if await work.get_answer(args.question_id) is not None:
+                raise ConflictError(f"question {args.question_id} was already answered")
+            raise DaemonError(f"no supervisor waits on question {args.question_id}")
+        choices = found["question"].get("choices") or []
+        if choices and args.text not in choices:
+            raise DaemonError(
+                f"{args.text!r} is not among the choices of question {args.question_id}: "
+                + ", ".join(map(str, choices))
+            )
+        if not await work.record_answer(args.question_id, found["supervisor_id"], args.text,
+                                        args.by):  # fmt: skip
+            raise ConflictError(f"question {args.question_id} was already answered")
+    print(f"answered {args.question_id} (supervisor {found['supervisor_id']})")
+    return 0
+
+
+async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as db:
+        states = await Store(db.pool).get_supervisors_with_pending_questions()
+    rows = [(s, q) for s in states for q in s.pending_questions]
+    if args.json:
+        _print_json([{"supervisorId": str(s.id), **q.to_json()} for s, q in rows])
+        return 0
+    if not rows:
+        print("no pending questions")
+    for state, question in rows:
+        choices = f"  [{' / '.join(question.choices)}]" if question.choices else ""
+        print(
+            f"{question.id}  supervisor {state.id}  ({question.question_type.value})\n"
+            f"    {question.question}{choices}"
+        )
+    return 0
+
+
+async def cmd_tasks_complete(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.models import TaskStatus  # noqa: PLC0415
+    from daemon.store import WorkStore  # noqa: PLC0415
+
+    try:
+        result = json.loads(args.result) if args.result is not None else None
+    except json.JSONDecodeError as exc:
+        raise DaemonError(f"--result is not JSON: {exc}") from None
+    async with open_database(settings) as db:
+        store = Store(db.pool)
+        task = await store.get_task(args.task_id)
+        if task is None:
+            raise DaemonError(f"task {args.task_id} does not exist")
+        if not await WorkStore(db.pool).set_task_status(
+            args.task_id, TaskStatus(args.status), result
+        ):
+            raise ConflictError(f"task {args.task_id} has already finished ({task.status.value})")
+    print(f"task {args.task_id} {args.status}")
     return 0
 
 
@@ -193,6 +271,31 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 # -- parsing ----------------------------------------------------------------------------
 
 
+def _add_work_commands(sub: Any) -> None:
+    """The commands people use while supervisors work: answers and tasks."""
+    answer = sub.add_parser("answer", help="answer a supervisor's question")
+    answer.add_argument("question_id", type=_uuid)
+    answer.add_argument("text")
+    answer.add_argument("--by", default=None, help="who answers (recorded with the answer)")
+    answer.set_defaults(func=cmd_answer)
+
+    questions = sub.add_parser("questions", help="questions waiting for an answer")
+    questions_sub = questions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    qlist = questions_sub.add_parser("list", help="every pending question")
+    qlist.add_argument("--json", action="store_true")
+    qlist.set_defaults(func=cmd_questions_list)
+
+    tasks = sub.add_parser("tasks", help="report on spawned tasks")
+    tasks_sub = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    complete = tasks_sub.add_parser("complete", help="finish a task from outside")
+    complete.add_argument("task_id", type=_uuid)
+    complete.add_argument(
+        "--status", default="succeeded", choices=["succeeded", "failed", "cancelled"]
+    )
+    complete.add_argument("--result", default=None, help="the task's result, as JSON")
+    complete.set_defaults(func=cmd_tasks_complete)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supervisor-daemon",
@@ -203,7 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument(
+        "--demo", action="store_true", help="create two demo supervisors when none exist"
+    )
     run.set_defaults(func=cmd_run)
+
+    _add_work_commands(sub)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument(
@@ -278,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = anyio.run(func, settings, args, backend_options=loop_options())
     except (ConfigError, MigrationError) as exc:
         return _fail(str(exc), EX_CONFIG)
+    except DaemonCrashedError as exc:
+        return _fail(str(exc), EX_SOFTWARE)
     except DaemonError as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:

@@ -54,6 +54,10 @@ class Settings:
     crash_loop_max_restorations: int = 5
     crash_loop_window_s: float = 600.0
     capacity: int = 100_000
+    heartbeat_interval_s: float = 5.0
+    poll_interval_s: float = 1.0
+    task_timeout_s: float = 600.0
+    webhook_url: str | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -73,6 +77,22 @@ def _non_negative_float(value: Any) -> float:
     if number < 0:
         raise ValueError("must be zero or more")
     return number
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _webhook_url(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if urlsplit(text).scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
@@ -117,6 +137,10 @@ _CONVERTERS: dict[str, Any] = {
     "crash_loop_max_restorations": _positive_int,
     "crash_loop_window_s": _non_negative_float,
     "capacity": _positive_int,
+    "heartbeat_interval_s": _positive_float,
+    "poll_interval_s": _positive_float,
+    "task_timeout_s": _positive_float,
+    "webhook_url": _webhook_url,
 }
 
 

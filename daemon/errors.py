@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import asyncpg
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd does not restart on it
+EX_SOFTWARE = 70  # sysexits.h: internal software error (a background job crashed)
 
 
 class DaemonError(Exception):
@@ -42,6 +43,10 @@ class NotFoundError(DaemonError):
 
 class ConflictError(DaemonError):
     """The operation contradicts what is already recorded (answering twice, ...)."""
+
+
+class DaemonCrashedError(DaemonError):
+    """A background job of the running daemon failed; the daemon stops."""
 
 
 class MigrationError(DaemonError):

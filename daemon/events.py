@@ -28,6 +28,7 @@ class EventKind(enum.StrEnum):
     ACTIVITY_REPORTED = "activity_reported"
     STATE_CHANGED = "state_changed"
     MESSAGE_APPENDED = "message_appended"
+    TASKS_COLLECTED = "tasks_collected"
     HEARTBEAT = "heartbeat"
     PROGRESS_REPORTED = "progress_reported"
 
@@ -201,6 +202,18 @@ def message_appended(supervisor_id: uuid.UUID, message: Any, *, epoch: int | Non
         EventKind.MESSAGE_APPENDED,
         supervisor_id,
         {"message": _json("message", message)},
+        epoch=epoch,
+    )
+
+
+def tasks_collected(
+    supervisor_id: uuid.UUID, task_ids: list[uuid.UUID], *, epoch: int | None = None
+) -> Event:
+    """The supervisor stopped waiting for these (finished) tasks."""
+    return Event(
+        EventKind.TASKS_COLLECTED,
+        supervisor_id,
+        {"taskIds": [str(t) for t in task_ids]},
         epoch=epoch,
     )
 

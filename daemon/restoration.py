@@ -67,7 +67,7 @@ class RestorationInput:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RestorationOutcome:
     supervisor_id: uuid.UUID
-    outcome: str  # restored | blocked | failed
+    outcome: str  # restored | new (never ran: started, not restored) | blocked | failed
     action: StateRecoveryAction
     validation: StateValidationResult
     context: SupervisorRestorationContext
@@ -188,6 +188,8 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
         return _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, [reason])
 
     issues = validate(row, item.tasks) if item.issues is None else item.issues
+    if not issues and _never_ran(row) and not item.manual:
+        return _new(item, guard)
     base: Mapping[str, Any] = row
     action = StateRecoveryAction.PROCEED
     if issues:
@@ -213,6 +215,33 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
         is_valid=not issues, issues=tuple(issues), recovery_action=action
     )
     return _restore(item, guard, base, action, validation, previous_state, warnings)
+
+
+def _never_ran(row: Mapping[str, Any]) -> bool:
+    """Created but never started: there is nothing to restore, only to start."""
+    return (
+        row.get("state") == SupervisorStateKind.INITIALIZING
+        and not row.get("last_event_seq")
+        and not row.get("restoration_count")
+        and not row.get("conversation_history")
+    )
+
+
+def _new(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
+    sid = item.row["id"]
+    write = _write_row(item, guard, restored=False)
+    write.update(ws=None, wc=0)
+    return RestorationOutcome(
+        supervisor_id=sid, outcome="new", action=StateRecoveryAction.PROCEED,
+        validation=StateValidationResult(
+            is_valid=True, recovery_action=StateRecoveryAction.PROCEED
+        ),
+        context=SupervisorRestorationContext(
+            success=True, previous_state=SupervisorStateKind.INITIALIZING,
+            restoration_context_message=f"Supervisor {sid} starts for the first time.\n",
+        ),
+        redeliver=(), applied_answers=(), write=write,
+    )  # fmt: skip
 
 
 def _typed_snapshot(base: dict[str, Any]) -> dict[str, Any]:

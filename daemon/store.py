@@ -25,6 +25,7 @@ from daemon.models import (
     SupervisorState,
     SupervisorStateKind,
     SupervisorTask,
+    TaskStatus,
     UpdateSupervisorStateRequest,
 )
 
@@ -344,3 +345,56 @@ class RestorationStore:
                         queries["notify_questions"], dumps(notifications, default=str).decode()
                     )
         return {row["id"] for row in written}
+
+
+class WorkStore:
+    """Tasks and answers: what a running daemon and its CLI change from outside."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def set_task_status(
+        self, task_id: uuid.UUID, status: TaskStatus, result: Any = None
+    ) -> bool:
+        """False when the task does not exist or has already finished."""
+        with map_db_errors():
+            row = await self._pool.fetchrow(
+                queries["set_task_status"], task_id, status.value, result
+            )
+        return row is not None
+
+    async def task_statuses(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["task_statuses"], list(task_ids))
+        return {row["id"]: row["status"] for row in rows}
+
+    async def runnable_tasks(self, daemon_id: str) -> list[asyncpg.Record]:
+        with map_db_errors():
+            return await self._pool.fetch(queries["runnable_tasks_of_owner"], daemon_id)
+
+    async def find_pending_question(self, question_id: uuid.UUID) -> asyncpg.Record | None:
+        with map_db_errors():
+            return await self._pool.fetchrow(queries["find_pending_question"], str(question_id))
+
+    async def get_answer(self, question_id: uuid.UUID) -> asyncpg.Record | None:
+        with map_db_errors():
+            return await self._pool.fetchrow(queries["get_answer"], question_id)
+
+    async def record_answer(
+        self, question_id: uuid.UUID, supervisor_id: uuid.UUID, answer: str, by: str | None
+    ) -> bool:
+        """False when an answer was already recorded for this question."""
+        with map_db_errors():
+            row = await self._pool.fetchrow(
+                queries["record_answer"], question_id, supervisor_id, answer, by
+            )
+        return row is not None
+
+    async def unapplied_answers(self, daemon_id: str) -> list[asyncpg.Record]:
+        with map_db_errors():
+            return await self._pool.fetch(queries["unapplied_answers_of_owner"], daemon_id)
+
+    async def owned_supervisors(self, daemon_id: str) -> list[SupervisorState]:
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["owned_supervisors"], daemon_id)
+        return [SupervisorState.from_row(row) for row in rows]

@@ -10,22 +10,29 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import migrations
 from daemon.db.database import open_database
-from daemon.errors import DaemonError
+from daemon.errors import DaemonCrashedError, DaemonError
 from daemon.logs import get_logger, set_daemon_id
+from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
 from daemon.restoration import CrashLoopGuard
+from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import tune_for_throughput
+from daemon.runtime.host import Host
+from daemon.runtime.hub import Hub
 from daemon.runtime.restore import restore_all
-from daemon.store import DaemonRegistry, EventStore
+from daemon.runtime.tasks import TaskRunner
+from daemon.store import DaemonRegistry, EventStore, Store, WorkStore
 
 LEASE_S = 30.0
 
@@ -58,7 +65,20 @@ async def _wait_for_stop(log: Any) -> None:
             return
 
 
-async def run_daemon(settings: Settings) -> None:
+async def ensure_demo_supervisors(store: Store, count: int = 2) -> int:
+    """Create `count` demo supervisors when none exist; how many were created."""
+    if any(state.agent == "demo" for state in await store.list_supervisors(limit=100_000)):
+        return 0
+    now = datetime.now(UTC)
+    for _ in range(count):
+        await store.save_supervisor_state_full(SupervisorState(
+            id=uuid.uuid4(), contract_id=uuid.uuid4(), task_id=uuid.uuid4(), phase=PHASES[1],
+            last_activity=now, created_at=now, updated_at=now, agent="demo",
+        ))  # fmt: skip
+    return count
+
+
+async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
     daemon_id = resolve_daemon_id(settings)
     set_daemon_id(daemon_id)
     log = get_logger()
@@ -69,29 +89,65 @@ async def run_daemon(settings: Settings) -> None:
             applied = await migrations.migrate(conn)
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
         registry = DaemonRegistry(db.pool)
-        await registry.register(
-            daemon_id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            version=__version__,
-            lease_s=LEASE_S,
-        )
+        await registry.register(daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
+                                version=__version__, lease_s=LEASE_S)  # fmt: skip
+        if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
+            log.info("demo.created", supervisors=created)
         systemd.status("restoring supervisors")
+        contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
         summary = await restore_all(
-            db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=settings.capacity
-        )
+            db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=settings.capacity,
+            on_outcome=lambda outcome: contexts.__setitem__(outcome.supervisor_id,
+                                                            outcome.context),
+        )  # fmt: skip
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(queue.run)
-            tg.start_soon(_renew_lease, registry, daemon_id, log)
-            tune_for_throughput()
-            log.info("daemon.ready")
-            systemd.ready(f"ready: {summary.supervisors} supervisor(s) restored")
-            await _wait_for_stop(log)
-            # Stop intake, write what is queued (shielded, within the deadline), and
-            # only then stop the other background jobs.
-            await queue.drain()
-            tg.cancel_scope.cancel()
+        hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
+        agents_scope = anyio.CancelScope()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(queue.run)
+                await tg.start(hub.run)
+                tg.start_soon(_renew_lease, registry, daemon_id, log)
+                delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url)
+
+                async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+                    with agents_scope:
+                        async with anyio.create_task_group() as atg:
+                            runner = TaskRunner(
+                                WorkStore(db.pool), atg, timeout_s=settings.task_timeout_s
+                            )
+                            host = Host(
+                                db.pool,
+                                daemon_id,
+                                queue=queue,
+                                hub=hub,
+                                runner=runner,
+                                delivery=delivery,
+                                tg=atg,
+                                heartbeat_s=settings.heartbeat_interval_s,
+                            )
+                            await runner.resume(daemon_id)
+                            started = await host.start(contexts)
+                            atg.start_soon(host.heartbeats)
+                            task_status.started(started)
+                            await anyio.sleep_forever()
+
+                agents_started = await tg.start(run_agents)
+                contexts.clear()
+                tune_for_throughput()
+                log.info("daemon.ready", supervisors=summary.supervisors,
+                         agents=agents_started)  # fmt: skip
+                systemd.ready(f"ready: {summary.supervisors} supervisor(s) restored,"
+                              f" {agents_started} agent(s) running")  # fmt: skip
+                await _wait_for_stop(log)
+                # Stop intake (agents), write what is queued (shielded, within the
+                # deadline), and only then stop the other background jobs.
+                agents_scope.cancel()
+                await queue.drain()
+                tg.cancel_scope.cancel()
+        except Exception as exc:
+            log.critical("daemon.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            raise DaemonCrashedError(f"a background job crashed: {exc}") from exc
         with anyio.CancelScope(shield=True):
             await registry.mark_stopped(daemon_id)
         log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))

@@ -214,6 +214,9 @@ def _log(result: RestorationOutcome, written: set[uuid.UUID], source: Restoratio
             reason="owned by another daemon (epoch moved)",
         )
         return
+    if result.outcome == "new":
+        log.info("supervisor.new", supervisor_id=sid, source=source.value)
+        return
     level = log.info if result.outcome == "restored" else log.warning
     level(
         "supervisor.restored", supervisor_id=sid, outcome=result.outcome,

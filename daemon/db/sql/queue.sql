@@ -5,7 +5,7 @@ WITH b AS (
     FROM jsonb_to_recordset($1::text::jsonb) AS b(
         i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
         ev jsonb, le uuid, tk jsonb, ts uuid[], aw uuid[], q jsonb, an jsonb, ai text[],
-        m jsonb)
+        m jsonb, rt uuid[])
 ),
 upd AS (
     UPDATE supervisor_states s SET
@@ -24,8 +24,14 @@ upd AS (
         progress = COALESCE(b.p, s.progress),
         spawned_task_ids = CASE WHEN b.ts IS NULL THEN s.spawned_task_ids
                                 ELSE s.spawned_task_ids || b.ts END,
-        pending_task_ids = CASE WHEN b.aw IS NULL OR b.aw = '{}' THEN s.pending_task_ids
-                                ELSE s.pending_task_ids || b.aw END,
+        pending_task_ids = CASE
+            WHEN b.rt IS NOT NULL THEN ARRAY(
+                SELECT u.t
+                FROM unnest(s.pending_task_ids || COALESCE(b.aw, '{}')) WITH ORDINALITY AS u(t, o)
+                WHERE NOT u.t = ANY (b.rt)
+                ORDER BY u.o)
+            WHEN b.aw IS NULL OR b.aw = '{}' THEN s.pending_task_ids
+            ELSE s.pending_task_ids || b.aw END,
         pending_questions = CASE
             WHEN b.q IS NULL AND b.ai IS NULL THEN s.pending_questions
             WHEN b.ai IS NULL THEN s.pending_questions || b.q

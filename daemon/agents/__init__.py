@@ -1,0 +1,30 @@
+"""Agents that ship with the daemon (the demo) and how an agent spec is resolved.
+
+An agent is an async callable taking a `daemon.runtime.supervisor.Supervisor`. A
+supervisor's `agent` column names it as `module:callable`, or by a short alias.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Agent = Callable[[Any], Awaitable[None]]
+ALIASES = {"demo": "daemon.agents.demo:run"}
+
+
+def resolve(spec: str) -> Agent:
+    """The callable `spec` names; ValueError with a readable reason otherwise."""
+    path = ALIASES.get(spec, spec)
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"agent {spec!r} is not 'module:callable' nor a known alias")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"agent module {module_name!r} cannot be imported: {exc}") from None
+    agent = getattr(module, attribute, None)
+    if not callable(agent):
+        raise ValueError(f"{module_name} has no callable {attribute!r}")
+    return agent  # type: ignore[no-any-return]

@@ -1,0 +1,108 @@
+"""Question delivery: a log line, a NOTIFY and (when configured) a webhook POST.
+
+Every delivery carries the question id, so consumers can deduplicate: a question is
+delivered at least once when asked and again on every restoration. The webhook is
+retried with exponential backoff (tenacity) in the background; it never blocks the
+supervisor that asked.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from typing import Any
+
+import anyio
+import anyio.abc
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from daemon.errors import map_db_errors
+from daemon.logs import get_logger
+from daemon.models import PendingQuestion
+
+log = get_logger()
+NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
+
+
+def payload(
+    supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool
+) -> dict[str, Any]:
+    return {
+        "supervisorId": str(supervisor_id),
+        "questionId": str(question.id),
+        "question": question.question,
+        "choices": list(question.choices),
+        "context": question.context,
+        "questionType": question.question_type.value,
+        "redelivery": redelivery,
+    }
+
+
+class Delivery:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        tg: anyio.abc.TaskGroup,
+        *,
+        webhook_url: str | None = None,
+        attempts: int = 8,
+    ) -> None:
+        self._pool = pool
+        self._tg = tg
+        self._webhook_url = webhook_url
+        self._attempts = attempts
+
+    async def deliver(
+        self,
+        supervisor_id: uuid.UUID,
+        question: PendingQuestion,
+        *,
+        redelivery: bool = False,
+        notify: bool = True,
+    ) -> None:
+        body = payload(supervisor_id, question, redelivery)
+        log.info("question.delivered", supervisor_id=str(supervisor_id),
+                 question_id=str(question.id), question=question.question,
+                 choices=list(question.choices), question_type=question.question_type.value,
+                 redelivery=redelivery)  # fmt: skip
+        if notify:
+            short = {**body, "question": question.question[:NOTIFY_QUESTION_CHARS]}
+            short.pop("context")
+            with map_db_errors():
+                await self._pool.execute(
+                    "SELECT pg_notify('supervisor_questions', $1)", json.dumps(short)
+                )
+        if self._webhook_url:
+            self._tg.start_soon(self._post, body)
+
+    async def _post(self, body: dict[str, Any]) -> None:
+        url = str(self._webhook_url)
+        data = json.dumps(body).encode()
+
+        def send() -> None:
+            request = urllib.request.Request(  # noqa: S310 - an operator-configured URL
+                url, data=data, method="POST", headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                response.read()
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(OSError),
+                wait=wait_exponential(multiplier=0.5, max=30),
+                stop=stop_after_attempt(self._attempts),
+                reraise=True,
+            ):
+                with attempt:
+                    await anyio.to_thread.run_sync(send)
+        except OSError as exc:
+            log.error(
+                "question.webhook_failed",
+                question_id=body["questionId"],
+                error=str(exc),
+                attempts=self._attempts,
+            )
+        else:
+            log.info("question.webhook_delivered", question_id=body["questionId"])

@@ -1,0 +1,97 @@
+"""Runs the agents of the supervisors this daemon owns, and their heartbeats.
+
+Each agent runs in the host's task group. An agent that raises fails its supervisor
+(with the error as its message) and nothing else; cancellation (the daemon stopping)
+passes through. Heartbeats are sent for every running supervisor on an interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import anyio
+import anyio.abc
+import asyncpg
+
+from daemon import agents
+from daemon.logs import get_logger
+from daemon.models import PendingQuestion, SupervisorRestorationContext
+from daemon.queue import PersistenceQueue, QueueClosedError
+from daemon.runtime.delivery import Delivery
+from daemon.runtime.hub import Hub
+from daemon.runtime.supervisor import Supervisor
+from daemon.runtime.tasks import TaskRunner
+from daemon.store import WorkStore
+
+log = get_logger()
+
+
+class Host:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        daemon_id: str,
+        *,
+        queue: PersistenceQueue,
+        hub: Hub,
+        runner: TaskRunner,
+        delivery: Delivery,
+        tg: anyio.abc.TaskGroup,
+        heartbeat_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._daemon_id = daemon_id
+        self._queue = queue
+        self._hub = hub
+        self._runner = runner
+        self._delivery = delivery
+        self._tg = tg
+        self._heartbeat_s = heartbeat_s
+        self.running: dict[uuid.UUID, Supervisor] = {}
+
+    async def _deliver(self, supervisor_id: uuid.UUID, question: PendingQuestion) -> None:
+        await self._delivery.deliver(supervisor_id, question)
+
+    async def start(self, contexts: dict[uuid.UUID, SupervisorRestorationContext]) -> int:
+        """Start an agent for every owned supervisor that names one; how many started."""
+        started = 0
+        for state in await WorkStore(self._pool).owned_supervisors(self._daemon_id):
+            if not state.agent:
+                log.info("supervisor.no_agent", supervisor_id=str(state.id))
+                continue
+            sup = Supervisor(
+                state, queue=self._queue, hub=self._hub, runner=self._runner,
+                deliver=self._deliver, restoration=contexts.get(state.id),
+            )  # fmt: skip
+            self.running[sup.id] = sup
+            self._tg.start_soon(self._run_agent, sup, name=f"agent {sup.id}")
+            started += 1
+        return started
+
+    async def _run_agent(self, sup: Supervisor) -> None:
+        slog = log.bind(supervisor_id=str(sup.id), contract_id=str(sup.state.contract_id))
+        spec = str(sup.state.agent)
+        try:
+            agent = agents.resolve(spec)
+            slog.info("agent.started", agent=spec)
+            await agent(sup)
+            slog.info("agent.finished", state=sup.state.state.value)
+        except QueueClosedError:
+            pass  # the daemon is stopping: the supervisor resumes at the next start
+        except Exception as exc:  # noqa: BLE001 - an agent's failure is its supervisor's alone
+            slog.error("agent.crashed", agent=spec, error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(QueueClosedError):  # stopping: resumes at next start
+                await sup.fail(f"agent {spec} failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.running.pop(sup.id, None)
+
+    async def heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self._heartbeat_s)
+            for sup in list(self.running.values()):
+                try:
+                    sup.heartbeat()
+                except QueueClosedError:
+                    return

@@ -1,0 +1,165 @@
+"""The API an agent drives a supervisor with.
+
+Every call that changes state goes through the persistence queue and returns once it
+is durable (progress and heartbeats excepted: they are coalesced). Events carry the
+supervisor's ownership epoch, so a daemon that lost the supervisor cannot write over
+its new owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon import events
+from daemon.models import (
+    PendingQuestion,
+    QuestionType,
+    SupervisorRestorationContext,
+    SupervisorState,
+    SupervisorStateKind,
+)
+from daemon.queue import PersistenceQueue
+from daemon.runtime.hub import Hub
+from daemon.runtime.tasks import TaskRunner
+
+DeliverFn = Callable[[uuid.UUID, PendingQuestion], Awaitable[None]]
+
+
+class Supervisor:
+    """One running supervisor: its last known state and the calls that change it."""
+
+    def __init__(
+        self,
+        state: SupervisorState,
+        *,
+        queue: PersistenceQueue,
+        hub: Hub,
+        runner: TaskRunner,
+        deliver: DeliverFn,
+        restoration: SupervisorRestorationContext | None = None,
+    ) -> None:
+        self.state = state
+        self.restoration = restoration
+        self._queue = queue
+        self._hub = hub
+        self._runner = runner
+        self._deliver = deliver
+        self._epoch = state.owner_epoch
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.state.id
+
+    async def _submit(self, event: events.Event) -> None:
+        await self._queue.submit(event)
+
+    async def spawn_task(self, spec: Any = None, *, awaited: bool = True) -> uuid.UUID:
+        """Record a new task (durably), then start it when it is a command task."""
+        task_id = uuid.uuid4()
+        await self._submit(
+            events.task_spawned(self.id, task_id, spec=spec, awaited=awaited, epoch=self._epoch)
+        )
+        self.state = self.state.evolve(
+            spawned_task_ids=(*self.state.spawned_task_ids, task_id),
+            pending_task_ids=(*self.state.pending_task_ids, task_id) if awaited
+            else self.state.pending_task_ids,
+        )  # fmt: skip
+        self._runner.start(task_id, spec)
+        return task_id
+
+    async def wait_for_tasks(
+        self, task_ids: Sequence[uuid.UUID] | None = None
+    ) -> dict[uuid.UUID, str]:
+        """Wait until the tasks (default: every awaited one) finished; their statuses."""
+        ids = list(self.state.pending_task_ids if task_ids is None else task_ids)
+        if not ids:
+            return {}
+        await self.set_state(SupervisorStateKind.WAITING_FOR_TASKS)
+        statuses = await self._hub.wait_tasks(ids)
+        await self._submit(events.tasks_collected(self.id, ids, epoch=self._epoch))
+        self.state = self.state.evolve(
+            pending_task_ids=tuple(t for t in self.state.pending_task_ids if t not in ids)
+        )
+        await self.set_state(SupervisorStateKind.WORKING)
+        return statuses
+
+    async def ask(
+        self,
+        question: str,
+        *,
+        choices: Sequence[str] = (),
+        context: str | None = None,
+        question_type: QuestionType = QuestionType.GENERAL,
+    ) -> str:
+        """Ask a person; return their answer. Durable before it is delivered."""
+        pending = PendingQuestion(
+            id=uuid.uuid4(), question=question, choices=tuple(choices), context=context,
+            question_type=question_type, asked_at=datetime.now(UTC),
+        )  # fmt: skip
+        await self._submit(events.question_asked(self.id, pending, epoch=self._epoch))
+        self.state = self.state.evolve(
+            pending_questions=(*self.state.pending_questions, pending),
+            state=SupervisorStateKind.WAITING_FOR_USER,
+        )
+        await self._deliver(self.id, pending)
+        return await self.await_answer(pending.id)
+
+    async def await_answer(self, question_id: uuid.UUID) -> str:
+        """Wait for the answer to a pending question (one asked before a restart too)."""
+        answer, answered_by = await self._hub.wait_answer(question_id)
+        await self._submit(
+            events.question_answered(
+                self.id, question_id, answer, answered_by=answered_by, epoch=self._epoch
+            )
+        )
+        remaining = tuple(q for q in self.state.pending_questions if q.id != question_id)
+        self.state = self.state.evolve(
+            pending_questions=remaining,
+            state=SupervisorStateKind.WORKING if not remaining else self.state.state,
+        )
+        return answer
+
+    async def change_phase(self, phase: str) -> None:
+        await self._submit(events.phase_changed(self.id, phase, epoch=self._epoch))
+        self.state = self.state.evolve(phase=phase)
+
+    async def report_activity(self, activity: str) -> None:
+        await self._submit(events.activity_reported(self.id, activity, epoch=self._epoch))
+        self.state = self.state.evolve(current_activity=activity)
+
+    def report_progress(self, progress: int, activity: str | None = None) -> None:
+        """Coalesced: returns at once; only the newest per flush is written."""
+        self._queue.submit_nowait(
+            events.progress_reported(self.id, progress, activity=activity, epoch=self._epoch)
+        )
+        self.state = self.state.evolve(progress=progress)
+
+    async def append_message(self, message: Any) -> None:
+        await self._submit(events.message_appended(self.id, message, epoch=self._epoch))
+        self.state = self.state.evolve(
+            conversation_history=(*self.state.conversation_history, message)
+        )
+
+    async def set_state(self, state: SupervisorStateKind, *, activity: str | None = None) -> None:
+        if state == self.state.state and activity is None:
+            return
+        await self._submit(
+            events.state_changed(self.id, state, activity=activity, epoch=self._epoch)
+        )
+        self.state = self.state.evolve(state=state)
+
+    async def complete(self) -> None:
+        await self._submit(events.completed(self.id, epoch=self._epoch))
+        self.state = self.state.evolve(state=SupervisorStateKind.COMPLETED, progress=100)
+
+    async def fail(self, error_message: str) -> None:
+        await self._submit(events.failed(self.id, error_message, epoch=self._epoch))
+        self.state = self.state.evolve(
+            state=SupervisorStateKind.FAILED, error_message=error_message
+        )
+
+    def heartbeat(self) -> None:
+        self._queue.submit_nowait(events.heartbeat(self.id, epoch=self._epoch))
