@@ -48,8 +48,12 @@ def _start(dsn: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
             "SUPERVISOR_DAEMON_DAEMON_ID": "test-daemon",
         }
     )
+    demo = ["--demo"] if env.pop("demo", None) else []
     return subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "daemon", "run", *demo],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
