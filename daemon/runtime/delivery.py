@@ -9,6 +9,7 @@ supervisor that asked.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
@@ -85,8 +86,12 @@ class Delivery:
             request = urllib.request.Request(  # noqa: S310 - an operator-configured URL
                 url, data=data, method="POST", headers={"Content-Type": "application/json"}
             )
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                response.read()
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                    response.read()
+            except urllib.error.HTTPError as exc:
+                exc.close()  # it holds the response open
+                raise OSError(f"webhook answered HTTP {exc.code}") from None
 
         try:
             async for attempt in AsyncRetrying(
