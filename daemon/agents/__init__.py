@@ -7,6 +7,7 @@ supervisor's `agent` column names it as `module:callable`, or by a short alias.
 from __future__ import annotations
 
 import importlib
+import shlex
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,18 @@ ALIASES = {"demo": "daemon.agents.demo:run"}
 
 
 def resolve(spec: str) -> Agent:
-    """The callable `spec` names; ValueError with a readable reason otherwise."""
+    """The callable `spec` names; ValueError with a readable reason otherwise.
+
+    `cmd:COMMAND ARGS...` is a command agent (docs/agent-protocol.md): one process per
+    supervisor, speaking JSON lines on stdin/stdout.
+    """
+    if spec.startswith("cmd:"):
+        from daemon.runtime.command_agent import CommandAgent  # noqa: PLC0415 - cycle
+
+        argv = shlex.split(spec[4:])
+        if not argv:
+            raise ValueError("agent 'cmd:' names no command")
+        return CommandAgent(argv)
     path = ALIASES.get(spec, spec)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:

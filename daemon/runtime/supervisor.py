@@ -161,5 +161,29 @@ class Supervisor:
             state=SupervisorStateKind.FAILED, error_message=error_message
         )
 
+    async def park(self, reason: str) -> None:
+        """Blocked, for an operator (`supervisor-daemon restore ID` brings it back)."""
+        await self._submit(
+            events.state_changed(
+                self.id, SupervisorStateKind.BLOCKED, error_message=reason, epoch=self._epoch
+            )
+        )
+        self.state = self.state.evolve(state=SupervisorStateKind.BLOCKED, error_message=reason)
+
+    def describe(self, why: str) -> str:
+        """A context message for an agent restarted within a running daemon."""
+        s = self.state
+        lines = [
+            f"You are supervisor {s.id}, restarted because {why}.",
+            f"State: {s.state.value}", f"Phase: {s.phase}", f"Progress: {s.progress}%",
+            f"Last activity: {s.current_activity or 'none recorded'}", "",
+            f"Questions still waiting for an answer ({len(s.pending_questions)}):",
+        ]  # fmt: skip
+        lines += [f"- [{q.id}] {q.question}" for q in s.pending_questions] or ["- none"]
+        lines += ["", f"Tasks you were waiting for ({len(s.pending_task_ids)}):"]
+        lines += [f"- {t}" for t in s.pending_task_ids] or ["- none"]
+        lines += ["", "Resume from this state."]
+        return "\n".join(lines) + "\n"
+
     def heartbeat(self) -> None:
         self._queue.submit_nowait(events.heartbeat(self.id, epoch=self._epoch))

@@ -1,0 +1,322 @@
+"""Command agents: one subprocess per supervisor, speaking JSON lines on stdin/stdout.
+
+The protocol is in docs/agent-protocol.md. The daemon writes the first line (`start`,
+or `restoration` with the restoration context message), then answers each request
+line with a `result` or an `error` line carrying the request's id. Requests are served
+one at a time, in order. A malformed, unknown or oversized line gets an error reply and
+a log line; nothing an agent writes can crash the daemon.
+
+An agent that exits before its supervisor completed or failed is restarted with a
+restoration message and exponential backoff; one that keeps dying (more restarts than
+the crash-loop guard allows within its window) is parked as blocked for an operator.
+The agent's stderr is logged line by line (`agent.stderr`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import orjson
+
+from daemon.errors import DaemonError
+from daemon.logs import get_logger
+from daemon.models import PHASES, TERMINAL_STATES, QuestionType
+from daemon.queue import QueueClosedError
+from daemon.restoration import CrashLoopGuard
+
+log = get_logger()
+MAX_LINE = 1 << 20  # bytes; a longer line is refused with an error reply
+PROTOCOL_VERSION = 1
+
+
+class AgentCannotStartError(DaemonError):
+    """The agent's command cannot be started at all."""
+
+
+class ProtocolError(Exception):
+    """A request the daemon refuses; the message goes back to the agent."""
+
+
+def _field(
+    request: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True
+) -> Any:
+    value = request.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError(f"'{name}' is required")
+        return None
+    if isinstance(value, bool) and kind in (int, float):
+        raise ProtocolError(f"'{name}' must be a {getattr(kind, '__name__', kind)}")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"'{name}' must be a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _uuid(value: Any, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ProtocolError(f"'{name}' must be a UUID") from None
+
+
+class Session:
+    """Serves one agent's requests against its supervisor (the pure part, fuzzed)."""
+
+    def __init__(self, sup: Any) -> None:
+        self.sup = sup
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "spawn_task": self._spawn_task,
+            "wait_for_tasks": self._wait_for_tasks,
+            "ask": self._ask,
+            "await_answer": self._await_answer,
+            "change_phase": self._change_phase,
+            "report_activity": self._report_activity,
+            "report_progress": self._report_progress,
+            "append_message": self._append_message,
+            "complete": self._complete,
+            "fail": self._fail,
+        }
+
+    async def handle(self, line: bytes) -> dict[str, Any]:
+        """The reply to one line. Never raises, but for the daemon stopping."""
+        request_id: Any = None
+        try:
+            try:
+                request = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ProtocolError(f"not JSON: {exc}") from None
+            if not isinstance(request, dict):
+                raise ProtocolError("a request is a JSON object")
+            request_id = request.get("id")
+            if isinstance(request_id, dict | list):
+                request_id = None
+                raise ProtocolError("'id' must be a string or a number")
+            kind = request.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ProtocolError(f"unknown request type {kind!r}")
+            value = await handler(request)
+        except ProtocolError as exc:
+            return {"type": "error", "id": request_id, "error": str(exc)}
+        except (ValueError, TypeError, DaemonError) as exc:
+            if isinstance(exc, QueueClosedError):
+                raise
+            return {"type": "error", "id": request_id, "error": f"{type(exc).__name__}: {exc}"}
+        return {"type": "result", "id": request_id, "ok": True, "value": value}
+
+    async def _spawn_task(self, r: dict[str, Any]) -> str:
+        awaited = _field(r, "awaited", bool, required=False)
+        task_id = await self.sup.spawn_task(r.get("spec"), awaited=awaited is not False)
+        return str(task_id)
+
+    async def _wait_for_tasks(self, r: dict[str, Any]) -> dict[str, str]:
+        ids = _field(r, "taskIds", list, required=False)
+        task_ids = None if ids is None else [_uuid(t, "taskIds") for t in ids]
+        statuses = await self.sup.wait_for_tasks(task_ids)
+        return {str(k): str(v) for k, v in statuses.items()}
+
+    async def _ask(self, r: dict[str, Any]) -> str:
+        choices = _field(r, "choices", list, required=False) or []
+        if not all(isinstance(c, str) for c in choices):
+            raise ProtocolError("'choices' must be a list of strings")
+        kind = _field(r, "questionType", str, required=False) or "general"
+        try:
+            question_type = QuestionType(kind)
+        except ValueError:
+            raise ProtocolError(f"unknown questionType {kind!r}") from None
+        answer: str = await self.sup.ask(
+            _field(r, "question", str), choices=choices,
+            context=_field(r, "context", str, required=False), question_type=question_type,
+        )  # fmt: skip
+        return answer
+
+    async def _await_answer(self, r: dict[str, Any]) -> str:
+        answer: str = await self.sup.await_answer(_uuid(r.get("questionId"), "questionId"))
+        return answer
+
+    async def _change_phase(self, r: dict[str, Any]) -> None:
+        phase = _field(r, "phase", str)
+        if phase not in PHASES:
+            raise ProtocolError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+        await self.sup.change_phase(phase)
+
+    async def _report_activity(self, r: dict[str, Any]) -> None:
+        await self.sup.report_activity(_field(r, "activity", str))
+
+    async def _report_progress(self, r: dict[str, Any]) -> None:
+        progress = _field(r, "progress", int)
+        self.sup.report_progress(progress, _field(r, "activity", str, required=False))
+
+    async def _append_message(self, r: dict[str, Any]) -> None:
+        if "message" not in r:
+            raise ProtocolError("'message' is required")
+        await self.sup.append_message(r["message"])
+
+    async def _complete(self, _: dict[str, Any]) -> None:
+        await self.sup.complete()
+
+    async def _fail(self, r: dict[str, Any]) -> None:
+        await self.sup.fail(_field(r, "errorMessage", str))
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return orjson.dumps(message, default=str) + b"\n"
+
+
+class CommandAgent:
+    def __init__(self, command: list[str], guard: CrashLoopGuard | None = None) -> None:
+        self.command = command
+        self.guard = guard or CrashLoopGuard()
+
+    async def __call__(self, sup: Any) -> None:
+        slog = log.bind(supervisor_id=str(sup.id))
+        first = self._first_message(sup)
+        restarts: list[float] = []
+        while True:
+            try:
+                code = await self._run_once(sup, first, slog)
+            except AgentCannotStartError as exc:
+                await sup.fail(str(exc))
+                return
+            if sup.state.state in TERMINAL_STATES:
+                return
+            now = time.monotonic()
+            window = self.guard.window.total_seconds()
+            restarts = [t for t in restarts if t > now - window] + [now]
+            if len(restarts) > self.guard.max_restorations:
+                reason = (f"agent process keeps dying ({len(restarts)} exits within "
+                          f"{int(window)} s, last exit code {code}); restore it with "
+                          f"`supervisor-daemon restore {sup.id}`")  # fmt: skip
+                slog.error("agent.parked", reason=reason)
+                await sup.park(reason)
+                return
+            delay = min(0.5 * 2 ** (len(restarts) - 1), 60.0)
+            slog.warning("agent.restarting", exit_code=code, restarts=len(restarts),
+                         delay_s=delay)  # fmt: skip
+            await anyio.sleep(delay)
+            first = {
+                "type": "restoration", "protocol": PROTOCOL_VERSION,
+                "reason": f"your process exited with code {code}",
+                "context": sup.describe(f"its agent process exited with code {code}"),
+                **self._state(sup),
+            }  # fmt: skip
+
+    def _first_message(self, sup: Any) -> dict[str, Any]:
+        restored = sup.restoration is not None and sup.restoration.restoration_count > 0
+        if restored:
+            return {"type": "restoration", "protocol": PROTOCOL_VERSION,
+                    "reason": "the daemon restored this supervisor",
+                    "context": sup.restoration.restoration_context_message,
+                    **self._state(sup)}  # fmt: skip
+        return {"type": "start", "protocol": PROTOCOL_VERSION, **self._state(sup)}
+
+    @staticmethod
+    def _state(sup: Any) -> dict[str, Any]:
+        state = sup.state
+        return {
+            "supervisorId": str(state.id), "contractId": str(state.contract_id),
+            "phase": state.phase, "state": state.state.value, "progress": state.progress,
+            "pendingQuestions": [q.to_json() for q in state.pending_questions],
+            "awaitedTaskIds": [str(t) for t in state.pending_task_ids],
+            "spawnedTaskIds": [str(t) for t in state.spawned_task_ids],
+        }  # fmt: skip
+
+    async def _run_once(self, sup: Any, first: dict[str, Any], slog: Any) -> int | None:
+        env = {**os.environ, "SUPERVISOR_ID": str(sup.id),
+               "CONTRACT_ID": str(sup.state.contract_id)}  # fmt: skip
+        try:
+            process = await anyio.open_process(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=env,
+            )  # fmt: skip
+        except OSError as exc:
+            # Not a crash to retry: the command itself is wrong (missing, not executable).
+            slog.error("agent.spawn_failed", command=self.command, error=str(exc))
+            raise AgentCannotStartError(
+                f"agent command {self.command[0]!r} cannot start: {exc.strerror or exc}"
+            ) from None
+        slog.info("agent.process_started", pid=process.pid, first=first["type"])
+        session = Session(sup)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._log_stderr, process, slog)
+                stdin, stdout = process.stdin, process.stdout
+                if stdin is None or stdout is None:  # opened with PIPE: never None
+                    raise RuntimeError("agent process has no stdin/stdout pipe")
+                await stdin.send(_encode(first))
+                async for line in _lines(stdout):
+                    if line is None:
+                        reply: dict[str, Any] = {
+                            "type": "error",
+                            "id": None,
+                            "error": f"line longer than {MAX_LINE} bytes",
+                        }
+                    elif not line.strip():
+                        continue
+                    else:
+                        reply = await session.handle(line)
+                    if reply["type"] == "error":
+                        slog.warning("agent.bad_request", error=reply["error"])
+                    try:
+                        await stdin.send(_encode(reply))
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break
+                await process.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.terminate()
+                    with anyio.move_on_after(5):
+                        await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+                await process.aclose()
+        slog.info("agent.process_exited", exit_code=process.returncode)
+        return process.returncode
+
+    @staticmethod
+    async def _log_stderr(process: anyio.abc.Process, slog: Any) -> None:
+        if process.stderr is None:
+            return
+        async for line in _lines(process.stderr):
+            if line:
+                slog.info("agent.stderr", line=line.decode(errors="replace")[:2000])
+
+
+async def _lines(stream: anyio.abc.ByteReceiveStream) -> Any:
+    """Lines from `stream`; None for a line longer than MAX_LINE (then skipped)."""
+    buffer = bytearray()
+    skipping = False
+    while True:
+        try:
+            chunk = await stream.receive(65536)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            break
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_LINE and not skipping:
+                    skipping = True
+                    buffer.clear()
+                    yield None
+                elif skipping:
+                    buffer.clear()
+                break
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if skipping:
+                skipping = False
+                continue
+            yield line
+    if buffer and not skipping:
+        yield bytes(buffer)
