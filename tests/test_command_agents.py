@@ -160,3 +160,13 @@ async def test_an_agent_that_cannot_start_does_not_crash_the_host(
     final = next(iter((await _host_run(dsn, pool, agent, nothing)).values()))
     assert final.state is SupervisorStateKind.FAILED
     assert "cannot" in str(final.error_message) or "names no command" in str(final.error_message)
+
+
+def test_the_schema_names_every_request_the_daemon_serves() -> None:
+    schema = json.loads(
+        (Path(__file__).parent.parent / "docs" / "agent-protocol.schema.json").read_text()
+    )
+    documented = {
+        option["properties"]["type"]["const"] for option in schema["$defs"]["agentRequest"]["oneOf"]
+    }
+    assert documented == set(Session(FakeSupervisor()).handlers)
