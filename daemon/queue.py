@@ -381,6 +381,12 @@ class PersistenceQueue:
         )
         return report
 
+    def force_stop(self) -> None:
+        """Stop the flushers now (a second Ctrl-C): what is queued is not written."""
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
     def _abandon_rest(self) -> None:
         """Fail everything not written: those events were never acknowledged."""
         # An interrupted in-flight batch may or may not have committed: either way it

@@ -20,7 +20,7 @@ import anyio.abc
 from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import migrations
-from daemon.db.database import open_database
+from daemon.db.database import Database, open_database
 from daemon.errors import DaemonCrashedError, DaemonError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
@@ -65,6 +65,15 @@ async def _wait_for_stop(log: Any) -> None:
             return
 
 
+async def _force_on_second_sigint(queue: PersistenceQueue, log: Any) -> None:
+    """During an orderly stop, a second SIGINT (Ctrl-C again) cuts the drain short."""
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            log.warning("daemon.forced_stop", queued=queue.queued)
+            queue.force_stop()
+            return
+
+
 async def ensure_demo_supervisors(store: Store, count: int = 2) -> int:
     """Create `count` demo supervisors when none exist; how many were created."""
     if any(state.agent == "demo" for state in await store.list_supervisors(limit=100_000)):
@@ -101,53 +110,59 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
                                                             outcome.context),
         )  # fmt: skip
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
-        hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
-        agents_scope = anyio.CancelScope()
         try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(queue.run)
-                await tg.start(hub.run)
-                tg.start_soon(_renew_lease, registry, daemon_id, log)
-                delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url)
-
-                async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
-                    with agents_scope:
-                        async with anyio.create_task_group() as atg:
-                            runner = TaskRunner(
-                                WorkStore(db.pool), atg, timeout_s=settings.task_timeout_s
-                            )
-                            host = Host(
-                                db.pool,
-                                daemon_id,
-                                queue=queue,
-                                hub=hub,
-                                runner=runner,
-                                delivery=delivery,
-                                tg=atg,
-                                heartbeat_s=settings.heartbeat_interval_s,
-                            )
-                            await runner.resume(daemon_id)
-                            started = await host.start(contexts)
-                            atg.start_soon(host.heartbeats)
-                            task_status.started(started)
-                            await anyio.sleep_forever()
-
-                agents_started = await tg.start(run_agents)
-                contexts.clear()
-                tune_for_throughput()
-                log.info("daemon.ready", supervisors=summary.supervisors,
-                         agents=agents_started)  # fmt: skip
-                systemd.ready(f"ready: {summary.supervisors} supervisor(s) restored,"
-                              f" {agents_started} agent(s) running")  # fmt: skip
-                await _wait_for_stop(log)
-                # Stop intake (agents), write what is queued (shielded, within the
-                # deadline), and only then stop the other background jobs.
-                agents_scope.cancel()
-                await queue.drain()
-                tg.cancel_scope.cancel()
+            await _serve(db, settings, daemon_id, queue, registry, contexts,
+                         summary.supervisors, log)  # fmt: skip
         except Exception as exc:
             log.critical("daemon.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
             raise DaemonCrashedError(f"a background job crashed: {exc}") from exc
         with anyio.CancelScope(shield=True):
             await registry.mark_stopped(daemon_id)
         log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
+
+
+async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon together
+    db: Database,
+    settings: Settings,
+    daemon_id: str,
+    queue: PersistenceQueue,
+    registry: DaemonRegistry,
+    contexts: dict[uuid.UUID, SupervisorRestorationContext],
+    restored: int,
+    log: Any,
+) -> None:
+    """Every background job in one task group, until a signal asks to stop."""
+    hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
+    agents_scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        await tg.start(queue.run)
+        await tg.start(hub.run)
+        tg.start_soon(_renew_lease, registry, daemon_id, log)
+        delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url)
+
+        async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+            with agents_scope:
+                async with anyio.create_task_group() as atg:
+                    runner = TaskRunner(WorkStore(db.pool), atg, timeout_s=settings.task_timeout_s)
+                    host = Host(db.pool, daemon_id, queue=queue, hub=hub, runner=runner,
+                                delivery=delivery, tg=atg,
+                                heartbeat_s=settings.heartbeat_interval_s)  # fmt: skip
+                    await runner.resume(daemon_id)
+                    started = await host.start(contexts)
+                    atg.start_soon(host.heartbeats)
+                    task_status.started(started)
+                    await anyio.sleep_forever()
+
+        agents_started = await tg.start(run_agents)
+        contexts.clear()
+        tune_for_throughput()
+        log.info("daemon.ready", supervisors=restored, agents=agents_started)
+        systemd.ready(f"ready: {restored} supervisor(s) restored,"
+                      f" {agents_started} agent(s) running")  # fmt: skip
+        await _wait_for_stop(log)
+        tg.start_soon(_force_on_second_sigint, queue, log)
+        # Stop intake (agents), write what is queued (shielded, within the deadline),
+        # and only then stop the other background jobs.
+        agents_scope.cancel()
+        await queue.drain()
+        tg.cancel_scope.cancel()
