@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
+import pytest
 
 from daemon import events
 from daemon.queue import PersistenceQueue
@@ -143,3 +145,33 @@ async def test_start_restores_owned_supervisors_before_ready(
     assert row is not None
     assert (row["restoration_count"], row["restoration_source"]) == (2, "daemon_restart")
     assert row["owner_daemon_id"] == "test-daemon"
+
+
+async def test_a_crashed_background_job_stops_the_daemon_loudly(
+    dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    captured_logs: list[MutableMapping[str, Any]],
+) -> None:
+    from daemon.config import load_settings
+    from daemon.errors import DaemonCrashedError
+    from daemon.runtime import hub, lifecycle
+
+    async def exploding_listener(self: Any, *, task_status: Any) -> None:
+        task_status.started()
+        await anyio.sleep(0.1)
+        raise RuntimeError("listener exploded")
+
+    monkeypatch.setattr(hub.Hub, "run", exploding_listener)
+    settings = load_settings(
+        {
+            "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
+            "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),
+            "SUPERVISOR_DAEMON_DAEMON_ID": "doomed",
+        }
+    )
+    with anyio.fail_after(30), pytest.raises(DaemonCrashedError, match="listener exploded"):
+        await lifecycle.run_daemon(settings)
+    crashed = [line for line in captured_logs if line["event"] == "daemon.crashed"]
+    assert len(crashed) == 1
+    assert "listener exploded" in crashed[0]["error"]

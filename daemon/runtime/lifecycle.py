@@ -65,6 +65,13 @@ async def _wait_for_stop(log: Any) -> None:
             return
 
 
+def _describe(exc: BaseException) -> str:
+    """The errors inside (nested) exception groups, named: what a person needs to read."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def _force_on_second_sigint(queue: PersistenceQueue, log: Any) -> None:
     """During an orderly stop, a second SIGINT (Ctrl-C again) cuts the drain short."""
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
@@ -114,8 +121,9 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             await _serve(db, settings, daemon_id, queue, registry, contexts,
                          summary.supervisors, log)  # fmt: skip
         except Exception as exc:
-            log.critical("daemon.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-            raise DaemonCrashedError(f"a background job crashed: {exc}") from exc
+            error = _describe(exc)
+            log.critical("daemon.crashed", error=error, exc_info=True)
+            raise DaemonCrashedError(f"a background job crashed: {error}") from exc
         with anyio.CancelScope(shield=True):
             await registry.mark_stopped(daemon_id)
         log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
