@@ -88,26 +88,34 @@ class _Json:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
-        hints = _hints(cls)
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            key = camel(field.name)
-            if key not in data:
-                if field.default is dataclasses.MISSING and (
-                    field.default_factory is dataclasses.MISSING
-                ):
-                    raise ValueError(f"{cls.__name__}: missing {key!r}")
-                continue
-            try:
-                values[field.name] = _decode(hints[field.name], data[key])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{cls.__name__}.{key}: {exc}") from None
-        return cls(**values)
+        return _from_json(cls, data)
 
     def evolve(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+J = TypeVar("J", bound="_Json")
+
+
+def _from_json(cls: type[J], data: Mapping[str, Any]) -> J:
+    """The strict, hint-driven decoder behind every record's `from_json`."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = camel(field.name)
+        if key not in data:
+            if field.default is dataclasses.MISSING and (
+                field.default_factory is dataclasses.MISSING
+            ):
+                raise ValueError(f"{cls.__name__}: missing {key!r}")
+            continue
+        try:
+            values[field.name] = _decode(hints[field.name], data[key])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{cls.__name__}.{key}: {exc}") from None
+    return cls(**values)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -194,6 +202,33 @@ class PendingQuestion(_Json):
     context: str | None = None
     question_type: QuestionType = QuestionType.GENERAL
     asked_at: datetime
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        # Written out by hand (restoring 10,000 supervisors parses their questions);
+        # anything unusual goes through the generic, strict decoder for its message.
+        try:
+            choices = data.get("choices", ())
+            asked_at = data["askedAt"]
+            question_type = data.get("questionType", "general")
+            if (
+                isinstance(data["question"], str)
+                and isinstance(choices, list | tuple)
+                and all(isinstance(c, str) for c in choices)
+                and isinstance(asked_at, str)
+                and isinstance(data.get("context"), str | None)
+            ):
+                when = datetime.fromisoformat(asked_at)
+                if when.tzinfo is not None:
+                    return cls(
+                        id=uuid.UUID(data["id"]), question=data["question"],
+                        choices=tuple(choices), context=data.get("context"),
+                        question_type=QuestionType(question_type), asked_at=when,
+                    )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
+        # (Not super(): slots=True dataclasses are rebuilt, which breaks its closure.)
+        return _from_json(cls, data)
 
     def to_json(self) -> dict[str, Any]:
         # Written out by hand: questions are encoded on every ask, in the hot path.

@@ -107,20 +107,35 @@ async def restore(
     redelivered = applied = 0
     ids = list(sources)
     chunks = [ids[first : first + CHUNK] for first in range(0, len(ids), CHUNK)]
-    # The next chunk loads (PostgreSQL's work) while this one is decided and written.
+    # A pipeline: PostgreSQL loads the next chunk and writes the previous one while
+    # this process decides the current one.
     send, receive = anyio.create_memory_object_stream[Loaded](1)
+    writing: _Write | None = None
+
+    def finish(done: _Write) -> None:
+        nonlocal redelivered, applied
+        for result in done.results:
+            _log(result, done.written, sources[result.supervisor_id])
+            outcomes[result.outcome] += 1
+            actions[result.action.value] += 1
+            redelivered += len(result.redeliver)
+            applied += len(result.applied_answers)
+            if on_outcome is not None:
+                on_outcome(result)
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(_load_ahead, store, chunks, send)
         async with receive:
             async for loaded in receive:
-                results = await _restore_chunk(store, loaded, sources, guard, manual)
-                for result in results:
-                    outcomes[result.outcome] += 1
-                    actions[result.action.value] += 1
-                    redelivered += len(result.redeliver)
-                    applied += len(result.applied_answers)
-                    if on_outcome is not None:
-                        on_outcome(result)
+                results = await _decide_chunk(store, loaded, sources, guard, manual)
+                if writing is not None:
+                    await writing.done.wait()
+                    finish(writing)
+                writing = _Write(results)
+                tg.start_soon(writing.run, store)
+        if writing is not None:
+            await writing.done.wait()
+            finish(writing)
     summary = RestorationSummary(
         supervisors=len(ids), by_outcome=dict(outcomes), by_action=dict(actions),
         questions_redelivered=redelivered, answers_applied=applied,
@@ -146,7 +161,25 @@ async def _load_ahead(
             await send.send(await store.load(chunk))
 
 
-async def _restore_chunk(
+class _Write:
+    """One chunk's outcomes being written; `done` is set once they are."""
+
+    def __init__(self, results: list[RestorationOutcome]) -> None:
+        self.results = results
+        self.written: set[uuid.UUID] = set()
+        self.done = anyio.Event()
+
+    async def run(self, store: RestorationStore) -> None:
+        results = self.results
+        self.written = await store.write(
+            [r.write for r in results],
+            [qid for r in results for qid in r.applied_answers],
+            _notifications(results),
+        )
+        self.done.set()
+
+
+async def _decide_chunk(
     store: RestorationStore,
     loaded: Loaded,
     sources: dict[uuid.UUID, RestorationSource],
@@ -179,14 +212,6 @@ async def _restore_chunk(
             issues=issues[sid],
         )  # fmt: skip
         results.append(plan_safely(item, guard))
-
-    written = await store.write(
-        [r.write for r in results],
-        [qid for r in results for qid in r.applied_answers],
-        _notifications(results),
-    )
-    for result in results:
-        _log(result, written, sources[result.supervisor_id])
     return results
 
 
