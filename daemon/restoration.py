@@ -365,7 +365,7 @@ def _write_row(item: RestorationInput, guard: CrashLoopGuard, *, restored: bool)
         window_started, in_window = item.now, 0
     return {
         "id": row["id"], "epoch": row.get("owner_epoch"), "restored": restored,
-        "source": item.source.value, "ws": window_started.isoformat(),
+        "source": item.source.value, "ws": window_started,  # orjson writes RFC 3339
         "wc": in_window + (1 if restored and not item.manual else 0),
         "st": None, "ph": None, "p": None, "er": None, "a": None, "hist": None, "pq": None,
         "pt": None, "sp": None,
