@@ -9,16 +9,28 @@ import platform
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 
+from daemon import logs
+from daemon.cli import loop_options
 from daemon.db import embedded, migrations
 from daemon.db.database import ensure_database
 from daemon.db.pool import SERVER_SETTINGS, init_connection
+
+
+def run(main: Callable[..., Awaitable[dict[str, Any]]], *args: Any) -> None:
+    """Run a benchmark as the daemon runs (uvloop, JSON logs, to /dev/null here) and
+    print its result as the last line, one JSON object."""
+    with open(os.devnull, "w") as devnull:
+        logs.configure(log_format="json", level="info", stream=devnull)
+        result = anyio.run(main, *args, backend_options=loop_options())
+    print(json.dumps(result))
 
 
 def machine() -> dict[str, Any]:

@@ -29,9 +29,8 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench._setup import create_supervisors, fresh_database, machine, open_pool
+from bench._setup import create_supervisors, fresh_database, machine, open_pool, run
 from daemon import events
-from daemon.cli import loop_options
 from daemon.events import Event
 from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind
 from daemon.queue import PersistenceQueue
@@ -390,8 +389,7 @@ def cli() -> None:
         help="save points each supervisor keeps awaiting their ack",
     )
     args = parser.parse_args()
-    result = anyio.run(main, args, backend_options=loop_options())
-    print(json.dumps(result))
+    run(main, args)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import asyncpg
 
-from bench._setup import history, machine, open_pool
-from daemon import logs
-from daemon.cli import loop_options
+from bench._setup import history, machine, open_pool, run
 from daemon.db import embedded, migrations
 from daemon.db.database import ensure_database
 from daemon.runtime.restore import restore_all
@@ -164,10 +161,7 @@ def cli() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     args = parser.parse_args()
     sizes = [int(part) for part in args.sizes.split(",")]
-    with open(os.devnull, "w") as devnull:
-        logs.configure(log_format="json", level="info", stream=devnull)
-        result = anyio.run(main, sizes, backend_options=loop_options())
-    print(json.dumps(result))
+    run(main, sizes)
 
 
 if __name__ == "__main__":

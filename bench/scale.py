@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import resource
 import time
 from typing import Any
@@ -22,9 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from bench._setup import create_supervisors, fresh_database, machine, open_pool
-from daemon import logs
-from daemon.cli import loop_options
+from bench._setup import create_supervisors, fresh_database, machine, open_pool, run
 from daemon.queue import PersistenceQueue
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import tune_for_throughput
@@ -125,10 +121,7 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--heartbeat-s", type=float, default=5.0)
     args = parser.parse_args()
-    with open(os.devnull, "w") as devnull:
-        logs.configure(log_format="json", level="info", stream=devnull)
-        result = anyio.run(main, args, backend_options=loop_options())
-    print(json.dumps(result))
+    run(main, args)
 
 
 if __name__ == "__main__":
