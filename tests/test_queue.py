@@ -261,3 +261,18 @@ async def test_progress_older_than_a_state_change_does_not_win(
     loaded = await store.get_supervisor(sid)
     assert loaded is not None
     assert (loaded.state, loaded.progress) == (SupervisorStateKind.COMPLETED, 100)
+
+
+async def test_a_stale_epoch_cannot_write(
+    queue: PersistenceQueue, store: Store, pool: asyncpg.Pool[Any]
+) -> None:
+    """Fencing: a daemon that lost a supervisor (its epoch moved on) writes nothing."""
+    (sid,) = await _supervisors(store, 1)
+    await pool.execute("UPDATE supervisor_states SET owner_epoch = 7 WHERE id = $1", sid)
+    with pytest.raises(EventRejectedError, match="epoch"):
+        await queue.submit(events.activity_reported(sid, "old owner", epoch=6))
+    await queue.submit(events.activity_reported(sid, "new owner", epoch=7))
+    loaded = await store.get_supervisor(sid)
+    assert loaded is not None
+    assert loaded.current_activity == "new owner"
+    assert [e["payload"]["activity"] for e in await _journal(pool, sid)] == ["new owner"]
