@@ -55,6 +55,7 @@ class Settings:
     crash_loop_window_s: float = 600.0
     capacity: int = 100_000
     heartbeat_interval_s: float = 5.0
+    claim_interval_s: float = 5.0
     poll_interval_s: float = 1.0
     task_timeout_s: float = 600.0
     webhook_url: str | None = None
@@ -138,6 +139,7 @@ _CONVERTERS: dict[str, Any] = {
     "crash_loop_window_s": _non_negative_float,
     "capacity": _positive_int,
     "heartbeat_interval_s": _positive_float,
+    "claim_interval_s": _positive_float,
     "poll_interval_s": _positive_float,
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,

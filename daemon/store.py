@@ -305,9 +305,13 @@ class RestorationStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
 
-    async def claim(self, daemon_id: str, capacity: int) -> list[asyncpg.Record]:
+    async def claim(
+        self, daemon_id: str, capacity: int, *, include_own: bool = True
+    ) -> list[asyncpg.Record]:
         with map_db_errors():
-            return await self._pool.fetch(queries["claim_supervisors"], daemon_id, capacity)
+            return await self._pool.fetch(
+                queries["claim_supervisors"], daemon_id, capacity, include_own
+            )
 
     async def load(self, ids: list[uuid.UUID]) -> dict[str, list[asyncpg.Record]]:
         """Rows, tasks and unapplied answers of `ids`: three statements."""

@@ -41,7 +41,6 @@ def daemon_process(dsn: str, tmp_path: Path, **extra: str) -> Iterator[subproces
 
 def _start(dsn: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
-    env.update(extra)
     env.update(
         {
             "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
@@ -50,6 +49,7 @@ def _start(dsn: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
             "SUPERVISOR_DAEMON_DAEMON_ID": "test-daemon",
         }
     )
+    env.update(extra)
     demo = ["--demo"] if env.pop("demo", None) else []
     return subprocess.Popen(
         [sys.executable, "-m", "daemon", "run", *demo],
@@ -175,3 +175,17 @@ async def test_a_crashed_background_job_stops_the_daemon_loudly(
     crashed = [line for line in captured_logs if line["event"] == "daemon.crashed"]
     assert len(crashed) == 1
     assert "listener exploded" in crashed[0]["error"]
+
+
+async def test_a_supervisor_created_while_running_is_picked_up(dsn: str, tmp_path: Path) -> None:
+    with daemon_process(dsn, tmp_path, SUPERVISOR_DAEMON_CLAIM_INTERVAL_S="0.2") as proc:
+        _read_until(proc, "daemon.ready")
+        created = run_cli(
+            "supervisors", "create", "--agent", "demo", env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
+        )
+        assert created.returncode == 0, created.stderr
+        lines = _read_until(proc, "question.delivered")
+        new = [line for line in lines if line["event"] == "supervisor.new"]
+        assert [line["supervisor_id"] for line in new] == [created.stdout.strip()]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -55,9 +55,12 @@ class Host:
         await self._delivery.deliver(supervisor_id, question)
 
     async def start(self, contexts: dict[uuid.UUID, SupervisorRestorationContext]) -> int:
-        """Start an agent for every owned supervisor that names one; how many started."""
+        """Start an agent for every owned supervisor that names one and is not running
+        yet; how many started."""
         started = 0
         for state in await WorkStore(self._pool).owned_supervisors(self._daemon_id):
+            if state.id in self.running:
+                continue
             if not state.agent:
                 log.info("supervisor.no_agent", supervisor_id=str(state.id))
                 continue

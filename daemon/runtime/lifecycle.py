@@ -25,7 +25,7 @@ from daemon.errors import DaemonCrashedError, DaemonError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
-from daemon.restoration import CrashLoopGuard
+from daemon.restoration import CrashLoopGuard, RestorationOutcome
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import tune_for_throughput
 from daemon.runtime.host import Host
@@ -63,6 +63,32 @@ async def _wait_for_stop(log: Any) -> None:
             log.info("daemon.stopping", signal=signal.Signals(signum).name)
             systemd.stopping()
             return
+
+
+async def _claim_new(
+    db: Database, settings: Settings, daemon_id: str, host: Host, runner: TaskRunner
+) -> None:
+    """While running, take new supervisors (`supervisors create`) and orphans of daemons
+    whose lease expired, restore them, and start their agents."""
+    while True:
+        await anyio.sleep(settings.claim_interval_s)
+        contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
+
+        def keep(outcome: RestorationOutcome, into: dict[uuid.UUID, Any] = contexts) -> None:
+            into[outcome.supervisor_id] = outcome.context
+
+        try:
+            summary = await restore_all(
+                db.pool, daemon_id, guard=crash_loop_guard(settings),
+                capacity=max(settings.capacity - len(host.running), 0), include_own=False,
+                on_outcome=keep,
+            )  # fmt: skip
+            if summary.supervisors:
+                # Only the newcomers' tasks: the running supervisors' tasks are ours.
+                await runner.resume(daemon_id, supervisors=set(contexts))
+                await host.start(contexts)
+        except DaemonError as exc:
+            get_logger().warning("daemon.claim_failed", error=str(exc))
 
 
 def _describe(exc: BaseException) -> str:
@@ -159,7 +185,7 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
                     started = await host.start(contexts)
                     atg.start_soon(host.heartbeats)
                     task_status.started(started)
-                    await anyio.sleep_forever()
+                    await _claim_new(db, settings, daemon_id, host, runner)
 
         agents_started = await tg.start(run_agents)
         contexts.clear()

@@ -56,11 +56,26 @@ async def restore_all(
     guard: CrashLoopGuard | None = None,
     capacity: int = 1_000_000,
     on_outcome: OutcomeCallback | None = None,
+    include_own: bool = True,
 ) -> RestorationSummary:
-    """Claim this daemon's supervisors and orphans, restore them all, log a summary."""
+    """Claim this daemon's supervisors and orphans, restore them all, log a summary.
+
+    At start `include_own` takes back this daemon's own supervisors too; the periodic
+    claim while running leaves them alone (they are running) and takes only new ones
+    and those of daemons whose lease expired.
+    """
     started = time.perf_counter()
     store = RestorationStore(pool)
-    claimed = await store.claim(daemon_id, capacity)
+    claimed = await store.claim(daemon_id, capacity, include_own=include_own)
+    if not claimed and not include_own:
+        return RestorationSummary(
+            supervisors=0,
+            by_outcome={},
+            by_action={},
+            questions_redelivered=0,
+            answers_applied=0,
+            seconds=0.0,
+        )
     sources = {
         row["id"]: RestorationSource.DAEMON_RESTART
         if row["previous_owner"] in (None, daemon_id)

@@ -41,9 +41,12 @@ class TaskRunner:
         self._tg.start_soon(self._run, task_id, spec)
         return True
 
-    async def resume(self, daemon_id: str) -> None:
-        """Start the pending command tasks of this daemon's supervisors after a start."""
+    async def resume(self, daemon_id: str, *, supervisors: set[uuid.UUID] | None = None) -> None:
+        """Start the pending command tasks of this daemon's supervisors after a start
+        (or of `supervisors` only, when it just took them over)."""
         for row in await self._store.runnable_tasks(daemon_id):
+            if supervisors is not None and row["supervisor_id"] not in supervisors:
+                continue
             spec = row["spec"]
             if row["status"] == TaskStatus.RUNNING and not spec.get("idempotent"):
                 await self._store.set_task_status(

@@ -1,14 +1,14 @@
 -- claim_supervisors --
--- Take ownership (epoch + 1) of this daemon's own unfinished supervisors and of orphans whose daemon's lease expired, up to a capacity; returns each with its new epoch and previous owner
+-- Take ownership (epoch + 1) of unowned supervisors, of orphans whose daemon's lease expired, and (when $3) of this daemon's own unfinished ones, up to a capacity; returns each with its new epoch and previous owner
 WITH candidates AS (
     SELECT s.id, s.owner_daemon_id AS previous_owner
     FROM supervisor_states s
     LEFT JOIN daemons d ON d.id = s.owner_daemon_id
     WHERE s.state NOT IN ('completed', 'failed', 'blocked')
       AND (s.owner_daemon_id IS NULL
-           OR s.owner_daemon_id = $1
-           OR d.stopped_at IS NOT NULL
-           OR d.lease_expires_at < now())
+           OR (s.owner_daemon_id = $1 AND $3)
+           OR (s.owner_daemon_id <> $1
+               AND (d.stopped_at IS NOT NULL OR d.lease_expires_at < now())))
     ORDER BY s.id
     LIMIT $2
     FOR UPDATE OF s SKIP LOCKED
