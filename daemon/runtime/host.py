@@ -18,7 +18,7 @@ import asyncpg
 from daemon import agents
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
-from daemon.queue import PersistenceQueue, QueueClosedError
+from daemon.queue import EventRejectedError, PersistenceQueue, QueueClosedError
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.hub import Hub
 from daemon.runtime.supervisor import Supervisor
@@ -85,7 +85,9 @@ class Host:
             pass  # the daemon is stopping: the supervisor resumes at the next start
         except Exception as exc:  # noqa: BLE001 - an agent's failure is its supervisor's alone
             slog.error("agent.crashed", agent=spec, error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(QueueClosedError):  # stopping: resumes at next start
+            # Stopping (resumes at next start), or no longer ours (another daemon took it
+            # over: the fencing epoch refuses the write): either way, not this daemon's crash.
+            with contextlib.suppress(QueueClosedError, EventRejectedError):
                 await sup.fail(f"agent {spec} failed: {type(exc).__name__}: {exc}")
         finally:
             self.running.pop(sup.id, None)
