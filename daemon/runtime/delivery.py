@@ -30,6 +30,7 @@ NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
 def payload(
     supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool
 ) -> dict[str, Any]:
+    """The webhook body: everything a person needs to answer."""
     return {
         "supervisorId": str(supervisor_id),
         "questionId": str(question.id),
@@ -39,6 +40,23 @@ def payload(
         "questionType": question.question_type.value,
         "redelivery": redelivery,
     }
+
+
+def notify_payload(
+    supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool
+) -> dict[str, Any]:
+    """The NOTIFY payload: the webhook body, trimmed to fit PostgreSQL's 8,000 bytes."""
+    body = payload(supervisor_id, question, redelivery)
+    body["question"] = question.question[:NOTIFY_QUESTION_CHARS]
+    del body["context"]
+    return body
+
+
+def log_delivered(supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool) -> None:
+    log.info("question.delivered", supervisor_id=str(supervisor_id),
+             question_id=str(question.id), question=question.question,
+             choices=list(question.choices), question_type=question.question_type.value,
+             redelivery=redelivery)  # fmt: skip
 
 
 class Delivery:
@@ -56,27 +74,23 @@ class Delivery:
         self._attempts = attempts
 
     async def deliver(
-        self,
-        supervisor_id: uuid.UUID,
-        question: PendingQuestion,
-        *,
-        redelivery: bool = False,
-        notify: bool = True,
+        self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool = False
     ) -> None:
-        body = payload(supervisor_id, question, redelivery)
-        log.info("question.delivered", supervisor_id=str(supervisor_id),
-                 question_id=str(question.id), question=question.question,
-                 choices=list(question.choices), question_type=question.question_type.value,
-                 redelivery=redelivery)  # fmt: skip
-        if notify:
-            short = {**body, "question": question.question[:NOTIFY_QUESTION_CHARS]}
-            short.pop("context")
-            with map_db_errors():
-                await self._pool.execute(
-                    "SELECT pg_notify('supervisor_questions', $1)", json.dumps(short)
-                )
+        """A question just asked: log line, NOTIFY, webhook."""
+        log_delivered(supervisor_id, question, redelivery)
+        with map_db_errors():
+            await self._pool.execute(
+                "SELECT pg_notify('supervisor_questions', $1)",
+                json.dumps(notify_payload(supervisor_id, question, redelivery)),
+            )
+        self.webhook(supervisor_id, question, redelivery=redelivery)
+
+    def webhook(
+        self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool
+    ) -> None:
+        """POST the question in the background, when a webhook is configured."""
         if self._webhook_url:
-            self._tg.start_soon(self._post, body)
+            self._tg.start_soon(self._post, payload(supervisor_id, question, redelivery))
 
     async def _post(self, body: dict[str, Any]) -> None:
         url = str(self._webhook_url)

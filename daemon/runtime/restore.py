@@ -30,11 +30,11 @@ from daemon.restoration import (
     plan_safely,
     validate,
 )
+from daemon.runtime.delivery import log_delivered, notify_payload
 from daemon.store import RestorationStore
 
 log = get_logger()
 CHUNK = 2_000
-NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
 
 OutcomeCallback = Callable[[RestorationOutcome], None]
 
@@ -232,14 +232,7 @@ async def _decide_chunk(
 
 def _notifications(results: Sequence[RestorationOutcome]) -> list[dict[str, Any]]:
     return [
-        {
-            "supervisorId": result.supervisor_id,
-            "questionId": question.id,
-            "question": question.question[:NOTIFY_QUESTION_CHARS],
-            "choices": list(question.choices),
-            "questionType": question.question_type.value,
-            "redelivery": True,
-        }
+        notify_payload(result.supervisor_id, question, redelivery=True)
         for result in results
         for question in result.redeliver
     ]
@@ -265,8 +258,4 @@ def _log(result: RestorationOutcome, written: set[uuid.UUID], source: Restoratio
         warnings=list(result.context.warnings),
     )  # fmt: skip
     for question in result.redeliver:
-        log.info(
-            "question.delivered", supervisor_id=sid, question_id=str(question.id),
-            question=question.question, choices=list(question.choices),
-            question_type=question.question_type.value, redelivery=True,
-        )  # fmt: skip
+        log_delivered(result.supervisor_id, question, redelivery=True)
