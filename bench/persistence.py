@@ -24,6 +24,7 @@ import json
 import random
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -94,7 +95,7 @@ class Workload:
         return events.message_appended(sid, {"role": "assistant", "content": f"note {self.n}"})
 
 
-_NOW = __import__("datetime").datetime.now(__import__("datetime").UTC)
+_NOW = datetime.now(UTC)
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -65,6 +65,9 @@ class TaskStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+FINISHED_TASK_STATES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
 # The phases a contract moves through, in order. A phase outside this list is invalid
 # state (restoration falls back to a checkpoint).
 PHASES = ("research", "plan", "implement", "review", "done")

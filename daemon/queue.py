@@ -170,10 +170,6 @@ class PersistenceQueue:
     def queued(self) -> int:
         return self._queued
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def _lane(self, supervisor_id: uuid.UUID) -> _Lane:
         lanes = self._lanes
         return lanes[supervisor_id.int % len(lanes)] if len(lanes) > 1 else lanes[0]

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from daemon.models import (
+    FINISHED_TASK_STATES,
     PHASES,
     PendingQuestion,
     RestorationSource,
@@ -37,7 +38,6 @@ from daemon.models import (
 
 _STATES = frozenset(SupervisorStateKind)
 _PHASES = frozenset(PHASES)
-_FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _LIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 _NEEDS_ERROR = frozenset({SupervisorStateKind.FAILED, SupervisorStateKind.BLOCKED})
 
@@ -294,7 +294,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         warnings.append(f"{len(stale)} answer(s) to questions no longer pending were ignored")
 
     awaited = list(base["pending_task_ids"])
-    finished = [t for t in awaited if item.tasks.get(t) in _FINISHED]
+    finished = [t for t in awaited if item.tasks.get(t) in FINISHED_TASK_STATES]
     still_awaited = [t for t in awaited if t not in set(finished)]
 
     error = base.get("error_message")
@@ -478,7 +478,7 @@ def context_message(
     lines += ["", f"Tasks you were waiting for ({len(awaited)}):"]
     if awaited:
         for task_id, status in awaited.items():
-            note = " (finished while you were down)" if status in _FINISHED else ""
+            note = " (finished while you were down)" if status in FINISHED_TASK_STATES else ""
             lines.append(f"- {task_id}: {status}{note}")
     else:
         lines.append("- none")

@@ -54,10 +54,6 @@ class Store:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
 
-    @property
-    def pool(self) -> asyncpg.Pool[Any]:
-        return self._pool
-
     async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
         with map_db_errors():
             return await self._pool.fetchrow(queries[name], *args)

@@ -18,12 +18,11 @@ import asyncpg
 from daemon.db.pool import connect
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
-from daemon.models import TaskStatus
+from daemon.models import FINISHED_TASK_STATES
 from daemon.store import WorkStore
 
 log = get_logger()
 CHANNELS = ("supervisor_answers", "supervisor_tasks")
-FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 class Hub:
@@ -55,7 +54,7 @@ class Hub:
         """The statuses of `task_ids` once every one has finished."""
         while True:
             statuses = await self._store.task_statuses(task_ids)
-            if all(statuses.get(t) in FINISHED for t in task_ids if t in statuses):
+            if all(statuses.get(t) in FINISHED_TASK_STATES for t in task_ids if t in statuses):
                 return statuses
             await self._wait("supervisor_tasks")
 
