@@ -256,3 +256,20 @@ async def test_agents_drive_supervisors_durably(
     assert [hook["questionId"] for hook in received] == [str(question.id)]
     task_ids = final[good.id].spawned_task_ids
     assert [(await _task_row(pool, t))["status"] for t in task_ids] == [TaskStatus.SUCCEEDED]
+
+
+async def test_restoration_redeliveries_reach_the_webhook(
+    pool: asyncpg.Pool[Any], webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    from daemon.models import SupervisorRestorationContext
+
+    url, received = webhook
+    question = new_question()
+    sid = uuid.uuid4()
+    async with anyio.create_task_group() as tg:
+        Delivery(pool, tg, webhook_url=url).webhook_redeliveries({
+            sid: SupervisorRestorationContext(success=True, pending_questions=(question,)),
+        })  # fmt: skip
+    assert [(hook["questionId"], hook["redelivery"]) for hook in received] == [
+        (str(question.id), True)
+    ]

@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from daemon.errors import map_db_errors
 from daemon.logs import get_logger
-from daemon.models import PendingQuestion
+from daemon.models import PendingQuestion, SupervisorRestorationContext
 
 log = get_logger()
 NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
@@ -91,6 +91,15 @@ class Delivery:
         """POST the question in the background, when a webhook is configured."""
         if self._webhook_url:
             self._tg.start_soon(self._post, payload(supervisor_id, question, redelivery))
+
+    def webhook_redeliveries(self, contexts: dict[uuid.UUID, SupervisorRestorationContext]) -> None:
+        """The webhook share of a restoration's redeliveries (the restoration itself
+        already logged them and sent their NOTIFYs when it committed)."""
+        if not self._webhook_url:
+            return
+        for supervisor_id, context in contexts.items():
+            for question in context.pending_questions:
+                self.webhook(supervisor_id, question, redelivery=True)
 
     async def _post(self, body: dict[str, Any]) -> None:
         url = str(self._webhook_url)

@@ -46,13 +46,13 @@ class Host:
         self._queue = queue
         self._hub = hub
         self._runner = runner
-        self._delivery = delivery
+        self.delivery = delivery
         self._tg = tg
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
 
     async def _deliver(self, supervisor_id: uuid.UUID, question: PendingQuestion) -> None:
-        await self._delivery.deliver(supervisor_id, question)
+        await self.delivery.deliver(supervisor_id, question)
 
     async def start(self, contexts: dict[uuid.UUID, SupervisorRestorationContext]) -> int:
         """Start an agent for every owned supervisor that names one and is not running

@@ -86,6 +86,7 @@ async def _claim_new(
             if summary.supervisors:
                 # Only the newcomers' tasks: the running supervisors' tasks are ours.
                 await runner.resume(daemon_id, supervisors=set(contexts))
+                host.delivery.webhook_redeliveries(contexts)
                 await host.start(contexts)
         except DaemonError as exc:
             get_logger().warning("daemon.claim_failed", error=str(exc))
@@ -173,6 +174,7 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
         await tg.start(hub.run)
         tg.start_soon(_renew_lease, registry, daemon_id, log)
         delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url)
+        delivery.webhook_redeliveries(contexts)
 
         async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
             with agents_scope:
