@@ -394,7 +394,11 @@ class WorkStore:
         with map_db_errors():
             return await self._pool.fetch(queries["unapplied_answers_of_owner"], daemon_id)
 
-    async def owned_supervisors(self, daemon_id: str) -> list[SupervisorState]:
+    async def owned_supervisors(
+        self, daemon_id: str, ids: Sequence[uuid.UUID] | None = None
+    ) -> list[SupervisorState]:
         with map_db_errors():
-            rows = await self._pool.fetch(queries["owned_supervisors"], daemon_id)
+            rows = await self._pool.fetch(
+                queries["owned_supervisors"], daemon_id, None if ids is None else list(ids)
+            )
         return [SupervisorState.from_row(row) for row in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -54,11 +55,16 @@ class Host:
     async def _deliver(self, supervisor_id: uuid.UUID, question: PendingQuestion) -> None:
         await self.delivery.deliver(supervisor_id, question)
 
-    async def start(self, contexts: dict[uuid.UUID, SupervisorRestorationContext]) -> int:
-        """Start an agent for every owned supervisor that names one and is not running
-        yet; how many started."""
+    async def start(
+        self,
+        contexts: dict[uuid.UUID, SupervisorRestorationContext],
+        supervisor_ids: Sequence[uuid.UUID] | None = None,
+    ) -> int:
+        """Start an agent for every owned supervisor (of `supervisor_ids`, when given:
+        the ones just claimed) that names one and is not running yet; how many started."""
         started = 0
-        for state in await WorkStore(self._pool).owned_supervisors(self._daemon_id):
+        owned = WorkStore(self._pool).owned_supervisors(self._daemon_id, supervisor_ids)
+        for state in await owned:
             if state.id in self.running:
                 continue
             if not state.agent:

@@ -87,7 +87,7 @@ async def _claim_new(
                 # Only the newcomers' tasks: the running supervisors' tasks are ours.
                 await runner.resume(daemon_id, supervisors=set(contexts))
                 host.delivery.webhook_redeliveries(contexts)
-                await host.start(contexts)
+                await host.start(contexts, list(contexts))
         except DaemonError as exc:
             get_logger().warning("daemon.claim_failed", error=str(exc))
 
@@ -184,7 +184,7 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
                                 delivery=delivery, tg=atg,
                                 heartbeat_s=settings.heartbeat_interval_s)  # fmt: skip
                     await runner.resume(daemon_id)
-                    started = await host.start(contexts)
+                    started = await host.start(contexts, list(contexts))
                     atg.start_soon(host.heartbeats)
                     task_status.started(started)
                     await _claim_new(db, settings, daemon_id, host, runner)

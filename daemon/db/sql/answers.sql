@@ -33,9 +33,3 @@ SELECT a.question_id, a.supervisor_id, a.answer, a.answered_by
 FROM question_answers a
 JOIN supervisor_states s ON s.id = a.supervisor_id
 WHERE a.applied_at IS NULL AND s.owner_daemon_id = $1
-
--- owned_supervisors --
--- The unfinished supervisors this daemon owns, with their state
-SELECT * FROM supervisor_states
-WHERE owner_daemon_id = $1 AND state NOT IN ('completed', 'failed', 'blocked')
-ORDER BY created_at, id

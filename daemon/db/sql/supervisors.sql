@@ -157,3 +157,10 @@ FROM supervisor_checkpoints
 WHERE supervisor_id = $1
 ORDER BY id DESC
 LIMIT 1
+
+-- owned_supervisors --
+-- The unfinished supervisors this daemon owns (only those of $2 when given), with their state
+SELECT * FROM supervisor_states
+WHERE owner_daemon_id = $1 AND state NOT IN ('completed', 'failed', 'blocked')
+  AND ($2::uuid[] IS NULL OR id = ANY ($2::uuid[]))
+ORDER BY created_at, id
