@@ -98,3 +98,38 @@ async def open_pool(dsn: str, size: int = 10) -> asyncpg.Pool[Any]:
     if pool is None:
         raise RuntimeError("asyncpg returned no pool")
     return pool
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
+class ServerCpu:
+    """CPU seconds used by a local PostgreSQL server's processes (all of them: backends,
+    WAL writer, checkpointer). CPU time per event is far steadier than events/s on a
+    shared machine. None when the server runs elsewhere (its processes are not ours to
+    read)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = pids
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    async def of(cls, pool: asyncpg.Pool[Any]) -> ServerCpu:
+        rows = await pool.fetch("SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL")
+        return cls([row[0] for row in rows if _is_postgres(row[0])])
+
+    def seconds(self) -> float | None:
+        if not self._pids:
+            return None
+        total = 0
+        for pid in self._pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a backend that ended: its time is lost, which is rare and small
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / self._tick

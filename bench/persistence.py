@@ -30,7 +30,14 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench._setup import create_supervisors, fresh_database, machine, open_pool, run
+from bench._setup import (
+    ServerCpu,
+    create_supervisors,
+    fresh_database,
+    machine,
+    open_pool,
+    run,
+)
 from daemon import events
 from daemon.events import Event
 from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind
@@ -98,6 +105,10 @@ class Workload:
 _NOW = datetime.now(UTC)
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def percentile(samples: list[float], q: float) -> float:
     if not samples:
         return float("nan")
@@ -110,6 +121,7 @@ async def bench_queue(
 ) -> dict[str, Any]:
     """Closed loop: each supervisor keeps `in_flight` save points awaiting their ack."""
     queue = PersistenceQueue(EventStore(pool), **queue_args)
+    server_cpu = await ServerCpu.of(pool)
     latencies: list[float] = []
     acked = 0
     deadline = 0.0
@@ -149,12 +161,14 @@ async def bench_queue(
         acked = 0
         batches_before, written_before = queue.counters.batches, queue.counters.written
         cpu_before = time.process_time()
+        server_before = server_cpu.seconds()
         started = perf()
         deadline = started + seconds
         async with anyio.create_task_group() as run:
             start_all(run, workloads)
         elapsed = perf() - started
         cpu = time.process_time() - cpu_before
+        server_after = server_cpu.seconds()
         batches = queue.counters.batches - batches_before
         written = queue.counters.written - written_before
         await queue.drain()
@@ -165,6 +179,12 @@ async def bench_queue(
         "events": acked,
         "mean_batch": written / batches if batches else 0.0,
         "python_cpu_percent": 100 * cpu / elapsed,
+        "python_cpu_us_per_event": cpu / acked * 1e6,
+        "server_cpu_us_per_event": (
+            (server_after - server_before) / acked * 1e6
+            if server_before is not None and server_after is not None
+            else None
+        ),
         "counters": queue.counters.snapshot(queue.queued),
     }
 
@@ -351,6 +371,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ack_ms_at_5k": round(fixed["p50_ms"], 3),
         "mean_batch": round(queue["mean_batch"], 1),
         "python_cpu_percent": round(queue["python_cpu_percent"]),
+        "python_cpu_us_per_event": round(queue["python_cpu_us_per_event"], 2),
+        "server_cpu_us_per_event": _round(queue["server_cpu_us_per_event"], 2),
         "naive_events_per_s": round(naive["events_per_s"]),
         "speedup_vs_naive": round(queue["events_per_s"] / naive["events_per_s"], 2),
         "ceiling_rows_per_s": round(ceiling["rows_per_s"]),
@@ -368,6 +390,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(f"{'one UPDATE per save point (pool 10)':<34}{result['naive_events_per_s']:>12,}")
     print(f"{'COPY ceiling (rows/s)':<34}{result['ceiling_rows_per_s']:>12,}")
+    print(
+        f"CPU per acknowledged event: daemon {result['python_cpu_us_per_event']} us,"
+        f" PostgreSQL {result['server_cpu_us_per_event']} us"
+    )
     print(
         f"speedup vs naive: {result['speedup_vs_naive']}x; "
         f"queue / COPY ceiling: {result['queue_vs_ceiling']}; "

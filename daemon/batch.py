@@ -74,10 +74,11 @@ class Batch:
     # For the retry check: the last critical event of each supervisor in this batch.
     last_event: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)
 
-    def parameters(self) -> tuple[str]:
+    def parameters(self) -> tuple[str, list[uuid.UUID]]:
+        """The document and the supervisor ids (for the primary-key lookup)."""
         # default=str: asyncpg hands out its own UUID subclass, which orjson does not
         # know by exact type; anything else was checked when its event was made.
-        return (orjson.dumps(self.rows, default=str).decode(),)
+        return orjson.dumps(self.rows, default=str).decode(), [row["i"] for row in self.rows]
 
 
 def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline on purpose

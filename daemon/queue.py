@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -151,6 +152,9 @@ class PersistenceQueue:
         self._closed = False
         self._stopped = asyncio.Event()
         self._scope: anyio.CancelScope | None = None
+        # The loop `run` runs on. Looked up once: on Python 3.11 every
+        # asyncio.get_running_loop() call makes a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.counters = QueueCounters()
 
     @classmethod
@@ -192,7 +196,8 @@ class PersistenceQueue:
             if self._closed:
                 raise QueueClosedError("the persistence queue is stopped")
         lane = self._lane(event.supervisor_id)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         lane.events.append(event)
         lane.futures.append(future)
         self._queued += 1
@@ -221,6 +226,7 @@ class PersistenceQueue:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """The flushers. Start it in a task group; it returns once drained."""
+        self._loop = asyncio.get_running_loop()
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
@@ -315,35 +321,50 @@ class PersistenceQueue:
         self, events: Sequence[Event], coalesced: Sequence[tuple[int, Event]]
     ) -> set[uuid.UUID]:
         batch = fold(events, coalesced)
-        attempt_failed = False
+        # The first attempt goes straight to the store: nearly every batch succeeds at
+        # once, and a retry loop set up per batch would cost more than encoding it.
+        try:
+            return set(await self._store.apply_batch(batch))
+        except TransientDatabaseError as exc:
+            first_wait = self._retry_initial_s * random.uniform(1.0, 2.0)  # noqa: S311 - jitter
+            self._log_retry_error(1, exc, first_wait)
+        await anyio.sleep(first_wait)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientDatabaseError),
-            wait=wait_exponential_jitter(multiplier=self._retry_initial_s, max=self._retry_max_s),
+            # Attempt n+1 of the batch waits about initial * 2**n, plus jitter.
+            wait=wait_exponential_jitter(
+                multiplier=2 * self._retry_initial_s,
+                jitter=self._retry_initial_s,
+                max=self._retry_max_s,
+            ),
             stop=stop_never,
             before_sleep=self._log_retry,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                if attempt_failed and batch.last_event:
+                if batch.last_event:
                     # The failed attempt may have committed (connection lost during
                     # COMMIT): the journal's newest entries tell.
                     absent = await self._store.supervisors_without_event(batch.last_event)
                     if len(absent) < len(batch.last_event):
                         return absent
-                attempt_failed = True
                 return set(await self._store.apply_batch(batch))
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
 
     def _log_retry(self, state: RetryCallState) -> None:
-        self.counters.retries += 1
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
+        # Attempt 1 was made before the retry loop began.
+        self._log_retry_error(state.attempt_number + 1, error, state.upcoming_sleep)
+
+    def _log_retry_error(self, attempt: int, error: BaseException | None, sleep_s: float) -> None:
+        self.counters.retries += 1
         log.warning(
             "queue.retry",
-            attempt=state.attempt_number,
+            attempt=attempt,
             error=str(error),
-            sleep_s=round(state.upcoming_sleep, 3),
+            sleep_s=round(sleep_s, 3),
             queued=self._queued,
         )
 

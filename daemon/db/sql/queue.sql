@@ -1,11 +1,14 @@
 -- apply_batch --
--- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py); returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
+-- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids; returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
+-- The nested values are read as json, which copies their text, not as jsonb, which
+-- would parse each into a tree, print it and parse it again; each is parsed once
+-- where it is used, and the journal segments (json) are only checked.
 WITH b AS (
     SELECT *
-    FROM jsonb_to_recordset($1::text::jsonb) AS b(
+    FROM json_to_recordset($1::text::json) AS b(
         i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
-        ev jsonb, le uuid, tk jsonb, ts uuid[], aw uuid[], q jsonb, an jsonb, ai text[],
-        m jsonb, rt uuid[])
+        ev json, le uuid, tk json, ts uuid[], aw uuid[], q json, an json, ai text[],
+        m json, rt uuid[])
 ),
 upd AS (
     UPDATE supervisor_states s SET
@@ -15,7 +18,7 @@ upd AS (
             WHEN b.ai IS NOT NULL AND COALESCE(b.st, s.state) = 'waiting_for_user'
                  AND NOT EXISTS (
                      SELECT 1
-                     FROM jsonb_array_elements(s.pending_questions || COALESCE(b.q, '[]')) AS e(q)
+                     FROM jsonb_array_elements(s.pending_questions || COALESCE(b.q::jsonb, '[]')) AS e(q)
                      WHERE NOT (e.q->>'id' = ANY (b.ai)))
                 THEN 'working'
             ELSE COALESCE(b.st, s.state) END,
@@ -34,20 +37,23 @@ upd AS (
             ELSE s.pending_task_ids || b.aw END,
         pending_questions = CASE
             WHEN b.q IS NULL AND b.ai IS NULL THEN s.pending_questions
-            WHEN b.ai IS NULL THEN s.pending_questions || b.q
+            WHEN b.ai IS NULL THEN s.pending_questions || b.q::jsonb
             ELSE (
                 SELECT COALESCE(jsonb_agg(e.q ORDER BY e.ord), '[]'::jsonb)
-                FROM jsonb_array_elements(s.pending_questions || COALESCE(b.q, '[]'))
+                FROM jsonb_array_elements(s.pending_questions || COALESCE(b.q::jsonb, '[]'))
                     WITH ORDINALITY AS e(q, ord)
                 WHERE NOT (e.q->>'id' = ANY (b.ai)))
             END,
         conversation_history = CASE WHEN b.m IS NULL THEN s.conversation_history
-                                    ELSE s.conversation_history || b.m END,
+                                    ELSE s.conversation_history || b.m::jsonb END,
         last_event_seq = s.last_event_seq + b.n,
         last_activity = now(),
         updated_at = now()
     FROM b
-    WHERE s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
+    -- $2 repeats the ids as an array so the rows are found through the primary key
+    -- (the planner cannot know how many rows the document holds and would otherwise
+    -- scan the whole table for a batch of one).
+    WHERE s.id = ANY ($2::uuid[]) AND s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
     RETURNING s.id, s.phase, s.last_event_seq, b.n, b.ev, b.le, b.tk, b.an,
         CASE WHEN b.ph IS NOT NULL
              THEN to_jsonb(s) - 'owner_daemon_id' - 'owner_epoch' END AS snapshot
@@ -62,7 +68,7 @@ tasks AS (
     INSERT INTO supervisor_tasks (id, supervisor_id, spec)
     SELECT t.t, u.id, t.sp
     FROM upd u
-    CROSS JOIN LATERAL jsonb_to_recordset(u.tk) AS t(t uuid, sp jsonb)
+    CROSS JOIN LATERAL json_to_recordset(u.tk) AS t(t uuid, sp jsonb)
     WHERE u.tk IS NOT NULL
     ON CONFLICT (id) DO NOTHING
 ),
@@ -70,7 +76,7 @@ answers AS (
     INSERT INTO question_answers (question_id, supervisor_id, answer, answered_by, applied_at)
     SELECT t.q, u.id, t.a, t.by, now()
     FROM upd u
-    CROSS JOIN LATERAL jsonb_to_recordset(u.an) AS t(q uuid, a text, by text)
+    CROSS JOIN LATERAL json_to_recordset(u.an) AS t(q uuid, a text, by text)
     WHERE u.an IS NOT NULL
     ON CONFLICT (question_id) DO UPDATE
         SET applied_at = COALESCE(question_answers.applied_at, now())
@@ -99,7 +105,7 @@ WHERE x.eid IS DISTINCT FROM (
 SELECT s.supervisor_id, s.first_seq + x.ord - 1 AS seq, (x.e->>'e')::uuid AS event_id,
        x.e->>'k' AS kind, x.e->'p' AS payload, s.created_at
 FROM supervisor_events s
-CROSS JOIN LATERAL jsonb_array_elements(s.events) WITH ORDINALITY AS x(e, ord)
+CROSS JOIN LATERAL json_array_elements(s.events) WITH ORDINALITY AS x(e, ord)
 WHERE s.supervisor_id = $1 AND s.last_seq > $2 AND s.first_seq + x.ord - 1 > $2
 ORDER BY s.first_seq, x.ord
 LIMIT $3
