@@ -13,7 +13,7 @@ all three measured in the same run (the machines are shared and noisy: compare r
 
 `events_per_s` counts acknowledged critical events only; heartbeats and progress are
 extra load. Usage (from the repository root):
-    python -m bench.persistence [--seconds 8] [--supervisors 1000] [--in-flight 8]
+    python -m bench.persistence [--seconds 12] [--supervisors 1000] [--in-flight 8]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from daemon import events
 from daemon.events import Event
 from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind
 from daemon.queue import PersistenceQueue
-from daemon.runtime.gc_tuning import tune_for_throughput
+from daemon.runtime.gc_tuning import throughput_mode
 from daemon.store import EventStore
 
 KINDS = ["task", "ask", "answer", "phase", "activity", "state", "message"]
@@ -344,19 +344,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # Each method gets supervisors of its own, fresh (rows grow as they are
             # written: a method must not pay for the one measured before it).
             fresh = [await create_supervisors(pool, args.supervisors) for _ in range(3)]
-            tune_for_throughput()  # as `supervisor-daemon run` does once started
-            fixed = await bench_queue_fixed_rate(
-                pool, fresh[0], args.seconds, 5000.0, lanes=args.lanes
-            )
-            queue = await bench_queue(
-                pool,
-                fresh[1],
-                args.seconds,
-                args.in_flight,
-                batch_size=args.batch_size,
-                lanes=args.lanes,
-                flush_delay_s=args.flush_delay_ms / 1000,
-            )
+            async with throughput_mode():  # as `supervisor-daemon run` does once started
+                fixed = await bench_queue_fixed_rate(
+                    pool, fresh[0], args.seconds, 5000.0, lanes=args.lanes
+                )
+                queue = await bench_queue(
+                    pool,
+                    fresh[1],
+                    args.seconds,
+                    args.in_flight,
+                    batch_size=args.batch_size,
+                    lanes=args.lanes,
+                    flush_delay_s=args.flush_delay_ms / 1000,
+                )
             naive = await bench_naive(pool, fresh[2], args.seconds)
             ceiling = await bench_copy(dsn, fresh[2], 200_000)
         finally:
@@ -404,7 +404,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--supervisors", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--flush-delay-ms", type=float, default=0.0)

@@ -23,7 +23,7 @@ import anyio.abc
 from bench._setup import create_supervisors, fresh_database, machine, open_pool, run
 from daemon.queue import PersistenceQueue
 from daemon.runtime.delivery import Delivery
-from daemon.runtime.gc_tuning import tune_for_throughput
+from daemon.runtime.gc_tuning import collect_on_a_clock, tune_for_throughput
 from daemon.runtime.host import Host
 from daemon.runtime.hub import Hub
 from daemon.runtime.tasks import TaskRunner
@@ -70,7 +70,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await anyio.sleep(0.5)  # every agent has run up to its wait
                 gc.collect()
                 after = rss_kib()
-                tune_for_throughput()
+                tune_for_throughput()  # as `supervisor-daemon run` does once started
+                tg.start_soon(collect_on_a_clock)
                 tg.start_soon(host.heartbeats)
                 batches0, coalesced0 = queue.counters.batches, queue.counters.coalesced
                 cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -27,7 +27,7 @@ from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
 from daemon.restoration import CrashLoopGuard, RestorationOutcome
 from daemon.runtime.delivery import Delivery
-from daemon.runtime.gc_tuning import tune_for_throughput
+from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.runtime.host import Host
 from daemon.runtime.hub import Hub
 from daemon.runtime.restore import restore_all
@@ -151,6 +151,8 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             error = _describe(exc)
             log.critical("daemon.crashed", error=error, exc_info=True)
             raise DaemonCrashedError(f"a background job crashed: {error}") from exc
+        finally:
+            restore_defaults()  # the collector as it was (the daemon may run in-process)
         with anyio.CancelScope(shield=True):
             await registry.mark_stopped(daemon_id)
         log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
@@ -192,6 +194,7 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
         agents_started = await tg.start(run_agents)
         contexts.clear()
         tune_for_throughput()
+        tg.start_soon(collect_on_a_clock)
         log.info("daemon.ready", supervisors=restored, agents=agents_started)
         systemd.ready(f"ready: {restored} supervisor(s) restored,"
                       f" {agents_started} agent(s) running")  # fmt: skip
