@@ -50,6 +50,7 @@ KINDS = ["task", "ask", "answer", "phase", "activity", "state", "message"]
 # asks now and then and changes phase rarely (each phase change stores a checkpoint).
 WEIGHTS = [25, 8, 8, 1, 34, 20, 4]
 PHASES = ["plan", "implement", "review"]
+AWAITED_TASKS = 4  # a supervisor waits for its tasks once it has spawned this many
 STATES = [
     SupervisorStateKind.WORKING,
     SupervisorStateKind.WAITING_FOR_TASKS,
@@ -64,6 +65,7 @@ class Workload:
         self.sid = supervisor_id
         self.rng = random.Random(seed)
         self.open_questions: list[uuid.UUID] = []
+        self.awaited_tasks: list[str] = []
         self.n = 0
         self.kinds = self.rng.choices(KINDS, WEIGHTS, k=256)
 
@@ -72,6 +74,8 @@ class Workload:
         self.n += 1
         if kind == "answer" and not self.open_questions:
             return "activity"
+        if kind == "task" and len(self.awaited_tasks) >= AWAITED_TASKS:
+            return "collect"
         if kind == "ask" and len(self.open_questions) >= 2:
             return "answer"
         return kind
@@ -80,7 +84,14 @@ class Workload:
         kind = self.next_kind()
         sid = self.sid
         if kind == "task":
-            return events.task_spawned(sid, events.new_id(), spec={"command": "true"})
+            task_id = events.new_id()
+            self.awaited_tasks.append(task_id)
+            return events.task_spawned(sid, task_id, spec={"command": "true"})
+        if kind == "collect":
+            # As the daemon does when a wait for tasks returns: they are no longer
+            # awaited (otherwise pending_task_ids would only ever grow).
+            collected, self.awaited_tasks = self.awaited_tasks, []
+            return events.tasks_collected(sid, [uuid.UUID(t) for t in collected])
         if kind == "ask":
             question = PendingQuestion(
                 id=uuid.uuid4(),
@@ -251,6 +262,9 @@ NAIVE_SQL = {
     "message": "UPDATE supervisor_states SET conversation_history = conversation_history"
     " || jsonb_build_array($2::text::jsonb), last_activity = now(),"
     " updated_at = now() WHERE id = $1",
+    "collect": "UPDATE supervisor_states SET pending_task_ids = ARRAY(SELECT t FROM"
+    " unnest(pending_task_ids) AS t WHERE NOT t = ANY ($2::uuid[])), last_activity = now(),"
+    " updated_at = now() WHERE id = $1",
     "heartbeat": "UPDATE supervisor_states SET progress = $2, last_activity = now(),"
     " updated_at = now() WHERE id = $1",
 }
@@ -260,6 +274,8 @@ def naive_args(event: Event) -> tuple[str, tuple[Any, ...]]:  # noqa: PLR0911
     data, sid, kind = event.data, event.supervisor_id, event.kind.value
     if kind == "task_spawned":
         return "task", (sid, uuid.UUID(data["taskId"]))
+    if kind == "tasks_collected":
+        return "collect", (sid, [uuid.UUID(t) for t in data["taskIds"]])
     if kind == "question_asked":
         return "ask", (sid, json.dumps(data))
     if kind == "question_answered":
