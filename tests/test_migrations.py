@@ -15,6 +15,7 @@ import pytest
 
 from daemon.db import migrations
 from daemon.db.pool import connect
+from daemon.db.queries import queries
 from daemon.errors import MigrationError
 
 FIRST = "20260101000000_supervisor_states.sql"
@@ -247,3 +248,35 @@ async def test_two_runners_at_once_apply_each_file_once(empty_dsn: str) -> None:
         tg.start_soon(run)
     names = [m.name for m in migrations.discover()]
     assert sorted(results, key=len) == [[], names]
+
+
+async def test_journal_written_as_jsonb_reads_back_after_the_json_migration(
+    empty_dsn: str,
+) -> None:
+    """Segments written before the journal column became json keep their events."""
+    conn = await connect(empty_dsn)
+    try:
+        await migrations.migrate(conn, target="20260401000000_restoration_window.sql")
+        supervisor_id, event_id = uuid.uuid4(), uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO supervisor_states (id, contract_id, task_id, phase)"
+            " VALUES ($1, $2, $3, 'plan')",
+            supervisor_id,
+            uuid.uuid4(),
+            uuid.uuid4(),
+        )
+        events = [{"e": str(event_id), "k": "phase_changed", "p": {"phase": "review"}}]
+        await conn.execute(
+            "INSERT INTO supervisor_events (supervisor_id, first_seq, last_seq,"
+            " last_event_id, events) VALUES ($1, 1, 1, $2, $3)",
+            supervisor_id,
+            event_id,
+            events,
+        )
+        assert await migrations.migrate(conn) == ["20260501000000_journal_json.sql"]
+        listed = await conn.fetch(queries["list_supervisor_events"], supervisor_id, 0, 10)
+        assert [(e["seq"], e["event_id"], e["kind"], e["payload"]) for e in listed] == [
+            (1, event_id, "phase_changed", {"phase": "review"})
+        ]
+    finally:
+        await conn.close()
