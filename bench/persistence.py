@@ -91,7 +91,7 @@ class Workload:
             # As the daemon does when a wait for tasks returns: they are no longer
             # awaited (otherwise pending_task_ids would only ever grow).
             collected, self.awaited_tasks = self.awaited_tasks, []
-            return events.tasks_collected(sid, [uuid.UUID(t) for t in collected])
+            return events.tasks_collected(sid, collected)
         if kind == "ask":
             question = PendingQuestion(
                 id=uuid.uuid4(),

@@ -13,6 +13,7 @@ import enum
 import itertools
 import os
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -34,7 +35,12 @@ class EventKind(enum.StrEnum):
 
 
 COALESCED_KINDS = frozenset({EventKind.HEARTBEAT, EventKind.PROGRESS_REPORTED})
-_STATES = frozenset(SupervisorStateKind)
+# A state given as a member or as its text -> its text (a dict lookup: cheaper than
+# building the enum member on every state change).
+_STATE_VALUES: dict[str, str] = {str(k.value): str(k.value) for k in SupervisorStateKind}
+_STATES_WITH_REASON = frozenset(
+    {SupervisorStateKind.FAILED.value, SupervisorStateKind.BLOCKED.value}
+)
 _PHASES = frozenset(PHASES)
 _MAX_TEXT = 64 * 1024
 
@@ -47,7 +53,7 @@ _ids = itertools.count(1)
 
 
 def new_event_id() -> str:
-    return f"{_ID_PREFIX}{next(_ids):012x}"
+    return "%s%012x" % (_ID_PREFIX, next(_ids))  # noqa: UP031 - the fastest form here
 
 
 # Task and question ids made by the daemon come from the same cheap generator.
@@ -67,7 +73,9 @@ class Event:
         *,
         epoch: int | None = None,
     ) -> None:
-        self.id = new_event_id()
+        critical = kind not in COALESCED_KINDS
+        # Heartbeat and progress are never journaled: they need no id.
+        self.id = new_event_id() if critical else ""
         self.kind = kind
         # One exact type for every id (asyncpg hands out its own UUID class): the
         # queue groups events by supervisor id, and mixed types must not split a group.
@@ -76,7 +84,7 @@ class Event:
         )
         self.data = data
         self.epoch = epoch
-        self.critical = kind not in COALESCED_KINDS
+        self.critical = critical
 
     def __repr__(self) -> str:
         return f"Event({self.kind.value}, supervisor={self.supervisor_id}, id={self.id})"
@@ -173,12 +181,12 @@ def state_changed(
     epoch: int | None = None,
 ) -> Event:
     """A state change; `failed` and `blocked` need an error message saying why."""
-    if state not in _STATES:
+    value = _STATE_VALUES.get(state)
+    if value is None:
         raise ValueError(f"unknown state {state!r}")
-    kind = SupervisorStateKind(state)
-    if kind in (SupervisorStateKind.FAILED, SupervisorStateKind.BLOCKED) and not error_message:
-        raise ValueError(f"state {kind.value} needs an error message")
-    data: dict[str, Any] = {"state": kind.value, "errorMessage": _text("error", error_message)}
+    if value in _STATES_WITH_REASON and not error_message:
+        raise ValueError(f"state {value} needs an error message")
+    data: dict[str, Any] = {"state": value, "errorMessage": _text("error", error_message)}
     if activity is not None:
         data["activity"] = _text("activity", activity)
     if progress is not None:
@@ -207,7 +215,7 @@ def message_appended(supervisor_id: uuid.UUID, message: Any, *, epoch: int | Non
 
 
 def tasks_collected(
-    supervisor_id: uuid.UUID, task_ids: list[uuid.UUID], *, epoch: int | None = None
+    supervisor_id: uuid.UUID, task_ids: Sequence[uuid.UUID | str], *, epoch: int | None = None
 ) -> Event:
     """The supervisor stopped waiting for these (finished) tasks."""
     return Event(
