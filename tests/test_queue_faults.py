@@ -14,7 +14,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,37 @@ async def test_commit_with_unknown_outcome_is_not_applied_twice(
     assert event_store.lost > 5
     assert queue.counters.retries >= event_store.lost
     await check_exactly_once(pool, load)
+
+
+class DownStore(EventStore):
+    """Refuses the first `failures` attempts before writing anything (a server down)."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], failures: int) -> None:
+        super().__init__(pool)
+        self.failures = failures
+
+    async def apply_batch(self, batch: Batch) -> list[uuid.UUID]:
+        if self.failures:
+            self.failures -= 1
+            raise TransientDatabaseError("CannotConnectNowError: the server is starting")
+        return await super().apply_batch(batch)
+
+
+async def test_transient_errors_are_retried_and_logged_with_the_attempt_number(
+    pool: asyncpg.Pool[Any], store: Store, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    (sid,) = await _make_supervisors(store, 1)
+    queue = PersistenceQueue(DownStore(pool, failures=3), retry_initial_s=0.001, retry_max_s=0.01)
+    async with running(queue):
+        event = events.activity_reported(sid, "after the outage")
+        with anyio.fail_after(30):
+            await queue.submit(event)
+    retries = [line for line in captured_logs if line["event"] == "queue.retry"]
+    assert [line["attempt"] for line in retries] == [1, 2, 3]
+    assert all("starting" in line["error"] for line in retries)
+    assert queue.counters.retries == 3
+    journal = await EventStore(pool).list_events(sid)
+    assert [str(e["event_id"]) for e in journal] == [event.id]
 
 
 async def test_connection_killed_mid_flush(pool: asyncpg.Pool[Any], store: Store) -> None:
