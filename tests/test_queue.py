@@ -139,6 +139,37 @@ async def test_bad_event_fails_alone(
     assert queue.counters.rejected == 1
 
 
+async def test_a_task_id_already_taken_fails_its_event_alone(
+    queue: PersistenceQueue, store: Store, pool: asyncpg.Pool[Any]
+) -> None:
+    ids = await _supervisors(store, 2)
+    taken = uuid.uuid4()
+    await queue.submit(events.task_spawned(ids[0], taken))
+    reuse = events.task_spawned(ids[1], taken)
+    fine = events.task_spawned(ids[1], uuid.uuid4())
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def send(event: events.Event) -> None:
+        try:
+            await queue.submit(event)
+            outcomes[event.id] = None
+        except EventRejectedError as exc:
+            outcomes[event.id] = exc
+
+    async with anyio.create_task_group() as tg:  # one batch: both queued before a flush
+        tg.start_soon(send, reuse)
+        tg.start_soon(send, fine)
+    assert isinstance(outcomes[reuse.id], EventRejectedError)
+    assert "supervisor_tasks_pkey" in str(outcomes[reuse.id])
+    assert outcomes[fine.id] is None
+    owner = await pool.fetchval("SELECT supervisor_id FROM supervisor_tasks WHERE id = $1", taken)
+    assert owner == ids[0]
+    loaded = await store.get_supervisor(ids[1])
+    assert loaded is not None
+    assert taken not in loaded.spawned_task_ids
+    assert len(loaded.spawned_task_ids) == 1
+
+
 async def test_unknown_supervisor_fails_alone(queue: PersistenceQueue, store: Store) -> None:
     (sid,) = await _supervisors(store, 1)
     ghost = uuid.uuid4()

@@ -66,13 +66,15 @@ journal AS (
     FROM upd u
     WHERE u.n > 0
 ),
+-- A plain INSERT: a batch is never applied twice (the retry checks the journal first),
+-- so a task id that exists already belongs to another task, and the event that
+-- reuses it fails alone (unique violation) instead of pointing at someone else's task.
 tasks AS (
     INSERT INTO supervisor_tasks (id, supervisor_id, spec)
     SELECT t.t, u.id, t.sp
     FROM upd u
     CROSS JOIN LATERAL json_to_recordset(u.tk) AS t(t uuid, sp jsonb)
     WHERE u.tk IS NOT NULL
-    ON CONFLICT (id) DO NOTHING
 ),
 answers AS (
     INSERT INTO question_answers (question_id, supervisor_id, answer, answered_by, applied_at)
