@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import random
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 from tenacity import (
@@ -51,6 +52,8 @@ from daemon.logs import get_logger
 from daemon.store import EventStore
 
 log = get_logger()
+
+T = TypeVar("T")
 
 
 class QueueClosedError(DaemonError):
@@ -155,6 +158,9 @@ class PersistenceQueue:
         # The loop `run` runs on. Looked up once: on Python 3.11 every
         # asyncio.get_running_loop() call makes a getpid() system call.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # When each database call under way began (the watchdog asks for the oldest).
+        self._calls: dict[int, float] = {}
+        self._call_ids = itertools.count()
         self.counters = QueueCounters()
 
     @classmethod
@@ -330,7 +336,7 @@ class PersistenceQueue:
         # The first attempt goes straight to the store: nearly every batch succeeds at
         # once, and a retry loop set up per batch would cost more than encoding it.
         try:
-            return set(await self._store.apply_batch(batch))
+            return set(await self._timed(self._store.apply_batch(batch)))
         except TransientDatabaseError as exc:
             first_wait = self._retry_initial_s * random.uniform(1.0, 2.0)  # noqa: S311 - jitter
             self._log_retry_error(1, exc, first_wait)
@@ -352,11 +358,28 @@ class PersistenceQueue:
                 if batch.last_event:
                     # The failed attempt may have committed (connection lost during
                     # COMMIT): the journal's newest entries tell.
-                    absent = await self._store.supervisors_without_event(batch.last_event)
+                    absent = await self._timed(
+                        self._store.supervisors_without_event(batch.last_event)
+                    )
                     if len(absent) < len(batch.last_event):
                         return absent
-                return set(await self._store.apply_batch(batch))
+                return set(await self._timed(self._store.apply_batch(batch)))
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
+
+    async def _timed(self, call: Awaitable[T]) -> T:
+        key = next(self._call_ids)
+        self._calls[key] = time.monotonic()
+        try:
+            return await call
+        finally:
+            del self._calls[key]
+
+    def longest_call_s(self) -> float:
+        """How long the oldest database call under way has been running (0 when none):
+        a call that neither returns nor fails means a connection the network lost."""
+        if not self._calls:
+            return 0.0
+        return time.monotonic() - min(self._calls.values())
 
     def _log_retry(self, state: RetryCallState) -> None:
         outcome = state.outcome
