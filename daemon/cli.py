@@ -1,7 +1,10 @@
 """The `supervisor-daemon` command: parse, call, print. No SQL here.
 
 Exit codes: 0 success, 1 an operation failed (unknown id, conflict), 2 bad usage,
-78 configuration or database unusable (EX_CONFIG; systemd does not restart on it).
+69 the database cannot be reached now (EX_UNAVAILABLE; `run` first waits for it),
+70 a background job of the running daemon crashed (EX_SOFTWARE),
+78 configuration unusable: a malformed URL, a refused password, no such database
+(EX_CONFIG; systemd does not restart on it).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -27,10 +30,12 @@ from daemon.db.pool import connect
 from daemon.errors import (
     EX_CONFIG,
     EX_SOFTWARE,
+    EX_UNAVAILABLE,
     ConfigError,
     ConflictError,
     DaemonCrashedError,
     DaemonError,
+    DatabaseUnavailableError,
     MigrationError,
 )
 from daemon.models import PHASES, SupervisorState, SupervisorStateKind
@@ -386,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = anyio.run(func, settings, args, backend_options=loop_options())
     except (ConfigError, MigrationError) as exc:
         return _fail(str(exc), EX_CONFIG)
+    except DatabaseUnavailableError as exc:
+        return _fail(str(exc), EX_UNAVAILABLE)
     except DaemonCrashedError as exc:
         return _fail(str(exc), EX_SOFTWARE)
     except DaemonError as exc:

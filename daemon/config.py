@@ -43,6 +43,9 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     connect_timeout_s: float = 10.0
+    # How long `run` keeps trying a database it cannot reach before it exits with 69
+    # (EX_UNAVAILABLE, which systemd restarts): started before its database, it waits.
+    connect_wait_s: float = 60.0
     # Persistence queue (see daemon/queue.py for why these defaults).
     queue_max_events: int = 100_000
     queue_batch_size: int = 5_000
@@ -130,6 +133,7 @@ _CONVERTERS: dict[str, Any] = {
     "pool_min_size": _positive_int,
     "pool_max_size": _positive_int,
     "connect_timeout_s": _non_negative_float,
+    "connect_wait_s": _non_negative_float,
     "queue_max_events": _positive_int,
     "queue_batch_size": _positive_int,
     "queue_flush_delay_ms": _non_negative_float,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
+EX_UNAVAILABLE = 69  # sysexits.h: a service is unavailable (the database, for now)
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd does not restart on it
 EX_SOFTWARE = 70  # sysexits.h: internal software error (a background job crashed)
 
@@ -23,6 +24,11 @@ class DaemonError(Exception):
 
 class ConfigError(DaemonError):
     """Settings are missing, malformed, or point at something unusable."""
+
+
+class DatabaseUnavailableError(DaemonError):
+    """The database cannot be reached now (refused, timed out, starting up): unlike a
+    configuration error, trying again later can help."""
 
 
 class DatabaseError(DaemonError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,19 +29,20 @@ def run_cli(
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "code"),
     [
-        "not a url at all",
-        "postgresql://app:pw-in-bad-url@db:notaport/prod",
-        "postgresql://app:pw-unreachable@127.0.0.1:1/prod",
+        ("not a url at all", 78),
+        ("postgresql://app:pw-in-bad-url@db:notaport/prod", 78),
+        # Nothing listens there: worth trying again later, so 69, which systemd restarts.
+        ("postgresql://app:pw-unreachable@127.0.0.1:1/prod", 69),
     ],
 )
-def test_bad_or_unreachable_database_is_exit_78_one_line(url: str, tmp_path: Path) -> None:
+def test_bad_or_unreachable_database_is_one_line(url: str, code: int, tmp_path: Path) -> None:
     result = run_cli(
         "migrate",
         env={"SUPERVISOR_DAEMON_DATABASE_URL": url, "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path)},
     )
-    assert result.returncode == 78, result.stderr
+    assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("supervisor-daemon: error: ")
@@ -96,3 +98,23 @@ def test_bad_usage_is_exit_2() -> None:
     result = run_cli("supervisors", "show", "not-a-uuid")
     assert result.returncode == 2
     assert "is not a UUID" in result.stderr
+
+
+def test_run_waits_for_an_unreachable_database_then_exits_69(tmp_path: Path) -> None:
+    result = run_cli(
+        "run",
+        env={
+            "SUPERVISOR_DAEMON_DATABASE_URL": "postgresql://app:pw-secret@127.0.0.1:1/prod",
+            "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),
+            "SUPERVISOR_DAEMON_LOG_FORMAT": "json",
+            "SUPERVISOR_DAEMON_CONNECT_WAIT_S": "1.5",
+        },
+    )
+    assert result.returncode == 69, result.stderr
+    lines = result.stderr.strip().splitlines()
+    logged = [json.loads(line) for line in lines[:-1]]
+    attempts = [r["attempt"] for r in logged if r["event"] == "database.unavailable"]
+    assert len(attempts) >= 2
+    assert attempts == list(range(1, len(attempts) + 1))
+    assert lines[-1].startswith("supervisor-daemon: error: cannot reach the database at")
+    assert "pw-secret" not in result.stderr

@@ -12,12 +12,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from daemon.config import Settings
 from daemon.db import embedded
 from daemon.db.pool import connect, create_pool
-from daemon.errors import map_db_errors
-from daemon.logs import register_secret
+from daemon.errors import DatabaseUnavailableError, map_db_errors
+from daemon.logs import get_logger, register_secret
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,15 +67,43 @@ async def ensure_database(admin_dsn: str, name: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[Database]:
-    dsn, is_embedded = await resolve_dsn(settings)
-    pool = await create_pool(
-        dsn,
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        connect_timeout=settings.connect_timeout_s,
-    )
+async def open_database(settings: Settings, *, wait_s: float = 0.0) -> AsyncIterator[Database]:
+    """Open the pool; while the server cannot be reached, try again for up to `wait_s`
+    seconds (a daemon started before its database), logging each failed attempt."""
+    pool, dsn, is_embedded = await _open_pool(settings, wait_s)
     try:
         yield Database(dsn=dsn, pool=pool, embedded=is_embedded)
     finally:
         await pool.close()
+
+
+async def _open_pool(settings: Settings, wait_s: float) -> tuple[asyncpg.Pool[Any], str, bool]:
+    log = get_logger()
+
+    def log_attempt(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "database.unavailable",
+            attempt=state.attempt_number,
+            error=str(error),
+            retry_in_s=round(state.upcoming_sleep, 2),
+        )
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(DatabaseUnavailableError),
+        stop=stop_after_delay(wait_s),
+        wait=wait_exponential_jitter(multiplier=0.5, max=5.0, jitter=0.5),
+        before_sleep=log_attempt,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            dsn, is_embedded = await resolve_dsn(settings)
+            pool = await create_pool(
+                dsn,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                connect_timeout=settings.connect_timeout_s,
+            )
+            return pool, dsn, is_embedded
+    raise AssertionError("unreachable: tenacity returns or re-raises")

@@ -6,6 +6,8 @@ errors with the password masked, since asyncpg sometimes echoes the DSN.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
@@ -13,7 +15,13 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
-from daemon.errors import ConfigError, DatabaseError, map_db_errors
+from daemon.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    TransientDatabaseError,
+    map_db_errors,
+)
 from daemon.logs import redact
 
 # What the store and the runner accept: a plain connection or one borrowed from a pool.
@@ -55,22 +63,19 @@ SERVER_SETTINGS: dict[str, str] = {}
 async def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 10, connect_timeout: float = 10.0
 ) -> asyncpg.Pool[Any]:
-    """Open a pool; an unreachable or refusing server is a ConfigError (exit 78)."""
-    try:
-        with map_db_errors():
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=min_size,
-                max_size=max_size,
-                timeout=connect_timeout,
-                init=init_connection,
-                command_timeout=None,
-                server_settings=SERVER_SETTINGS,
-            )
-    except (DatabaseError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot connect to the database at {describe(dsn)}: {redact(str(exc))}"
-        ) from None
+    """Open a pool. A server that cannot be reached now (refused, timed out, starting)
+    is a DatabaseUnavailableError; a malformed URL or a refusal that will not change
+    (bad password, no such database) is a ConfigError (exit 78)."""
+    with _connect_errors(dsn):
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            init=init_connection,
+            command_timeout=None,
+            server_settings=SERVER_SETTINGS,
+        )
     if pool is None:  # asyncpg types it Optional; it never is after awaiting
         raise ConfigError(f"cannot open a pool to {describe(dsn)}")
     return pool
@@ -78,14 +83,24 @@ async def create_pool(
 
 async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection[Any]:
     """One connection with the standard codecs (migrations, LISTEN, the CLI)."""
+    with _connect_errors(dsn):
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            dsn, timeout=connect_timeout, server_settings=SERVER_SETTINGS
+        )
+    await init_connection(conn)
+    return conn
+
+
+@contextlib.contextmanager
+def _connect_errors(dsn: str) -> Iterator[None]:
     try:
         with map_db_errors():
-            conn: asyncpg.Connection[Any] = await asyncpg.connect(
-                dsn, timeout=connect_timeout, server_settings=SERVER_SETTINGS
-            )
+            yield
+    except TransientDatabaseError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot reach the database at {describe(dsn)}: {redact(str(exc))}"
+        ) from None
     except (DatabaseError, ValueError) as exc:
         raise ConfigError(
             f"cannot connect to the database at {describe(dsn)}: {redact(str(exc))}"
         ) from None
-    await init_connection(conn)
-    return conn

@@ -128,7 +128,7 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
     log = get_logger()
     log.info("daemon.starting", version=__version__, pid=os.getpid())
     systemd.status("opening the database")
-    async with open_database(settings) as db:
+    async with open_database(settings, wait_s=settings.connect_wait_s) as db:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
