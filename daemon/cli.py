@@ -1,7 +1,8 @@
 """The `supervisor-daemon` command: parse, call, print. No SQL here.
 
 Exit codes: 0 success, 1 an operation failed (unknown id, conflict), 2 bad usage,
-69 the database cannot be reached now (EX_UNAVAILABLE; `run` first waits for it),
+69 the database cannot be reached now (EX_UNAVAILABLE; `run` first waits for it), or
+   the running daemon could not renew its lease and stopped before it expired,
 70 a background job of the running daemon crashed (EX_SOFTWARE),
 78 configuration unusable: a malformed URL, a refused password, no such database
 (EX_CONFIG; systemd does not restart on it).
@@ -36,6 +37,7 @@ from daemon.errors import (
     DaemonCrashedError,
     DaemonError,
     DatabaseUnavailableError,
+    LeaseLostError,
     MigrationError,
 )
 from daemon.models import PHASES, SupervisorState, SupervisorStateKind
@@ -391,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = anyio.run(func, settings, args, backend_options=loop_options())
     except (ConfigError, MigrationError) as exc:
         return _fail(str(exc), EX_CONFIG)
-    except DatabaseUnavailableError as exc:
+    except (DatabaseUnavailableError, LeaseLostError) as exc:
         return _fail(str(exc), EX_UNAVAILABLE)
     except DaemonCrashedError as exc:
         return _fail(str(exc), EX_SOFTWARE)

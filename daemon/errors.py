@@ -51,6 +51,11 @@ class ConflictError(DaemonError):
     """The operation contradicts what is already recorded (answering twice, ...)."""
 
 
+class LeaseLostError(DaemonError):
+    """This daemon can no longer count on its lease: other daemons may take its
+    supervisors over, so it stops driving them (it exits, and systemd restarts it)."""
+
+
 class DaemonCrashedError(DaemonError):
     """A background job of the running daemon failed; the daemon stops."""
 

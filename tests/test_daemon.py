@@ -189,3 +189,53 @@ async def test_a_supervisor_created_while_running_is_picked_up(dsn: str, tmp_pat
         assert [line["supervisor_id"] for line in new] == [created.stdout.strip()]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("failure", ["refused", "hangs", "marked_stopped"])
+async def test_a_daemon_that_cannot_count_on_its_lease_stops_before_it_expires(
+    failure: str,
+    dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    captured_logs: list[MutableMapping[str, Any]],
+) -> None:
+    from daemon.config import load_settings
+    from daemon.errors import LeaseLostError, TransientDatabaseError
+    from daemon.runtime import lifecycle
+    from daemon.store import DaemonRegistry
+
+    monkeypatch.setattr(lifecycle, "LEASE_S", 1.5)
+    monkeypatch.setattr(lifecycle, "LEASE_RENEW_S", 0.2)
+    monkeypatch.setattr(lifecycle, "LEASE_MARGIN_S", 0.5)
+    monkeypatch.setattr(lifecycle, "LEASE_RETRY_S", 0.05)
+    renewals = 0
+
+    async def renew(self: Any, daemon_id: str, lease_s: float) -> bool:
+        nonlocal renewals
+        renewals += 1
+        if renewals <= 2:  # renewed twice, then the trouble starts
+            return True
+        if failure == "refused":
+            raise TransientDatabaseError("ConnectionRefusedError: the server went away")
+        if failure == "hangs":
+            await anyio.sleep_forever()
+        return False  # the row says this daemon stopped
+
+    monkeypatch.setattr(DaemonRegistry, "renew_lease", renew)
+    settings = load_settings(
+        {
+            "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
+            "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),
+            "SUPERVISOR_DAEMON_DAEMON_ID": "fenced",
+        }
+    )
+    with anyio.fail_after(30), pytest.raises(LeaseLostError) as raised:
+        await lifecycle.run_daemon(settings)
+    lost = [line for line in captured_logs if line["event"] == "daemon.lease_lost"]
+    assert len(lost) == 1
+    assert not [line for line in captured_logs if line["event"] == "daemon.crashed"]
+    if failure == "marked_stopped":
+        assert "marked stopped" in str(raised.value)
+    else:
+        assert "could not be renewed" in str(raised.value)
+    assert renewals >= 3

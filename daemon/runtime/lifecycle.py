@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -21,7 +22,7 @@ from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import migrations
 from daemon.db.database import Database, open_database
-from daemon.errors import DaemonCrashedError, DaemonError
+from daemon.errors import DaemonCrashedError, DaemonError, LeaseLostError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
@@ -37,6 +38,8 @@ from daemon.store import DaemonRegistry, EventStore, Store, WorkStore
 
 LEASE_S = 30.0
 
+E = TypeVar("E", bound=BaseException)
+
 
 def crash_loop_guard(settings: Settings) -> CrashLoopGuard:
     return CrashLoopGuard(
@@ -46,16 +49,49 @@ def crash_loop_guard(settings: Settings) -> CrashLoopGuard:
 
 
 LEASE_RENEW_S = 10.0
+# Other daemons may claim this one's supervisors once its lease has expired. The
+# daemon stops on its own this long before that (by its own clock, counted from when
+# it sent the last renewal that succeeded), so no supervisor is ever driven by two.
+LEASE_MARGIN_S = 5.0
+LEASE_RETRY_S = 1.0  # between attempts once a renewal failed
 
 
-async def _renew_lease(registry: DaemonRegistry, daemon_id: str, log: Any) -> None:
+async def _renew_lease(
+    registry: DaemonRegistry, daemon_id: str, log: Any, renewed_at: float
+) -> None:
+    """Renew the lease every LEASE_RENEW_S; raise LeaseLostError when it cannot be
+    counted on any more (not renewed in time, or the daemon marked stopped).
+    `renewed_at`: when (time.monotonic()) the lease was last set, before the request."""
+    wait = LEASE_RENEW_S
     while True:
-        await anyio.sleep(LEASE_RENEW_S)
-        try:
-            if not await registry.renew_lease(daemon_id, LEASE_S):
-                log.warning("daemon.lease_lost")
-        except DaemonError as exc:
-            log.warning("daemon.lease_renewal_failed", error=str(exc))
+        await anyio.sleep(wait)
+        deadline = renewed_at + LEASE_S - LEASE_MARGIN_S
+        sent = time.monotonic()
+        renewed = None
+        # A renewal that hangs (a connection the network dropped) must not outlive
+        # the lease: give up on it at the deadline.
+        with anyio.move_on_after(max(0.0, deadline - sent)):
+            try:
+                renewed = await registry.renew_lease(daemon_id, LEASE_S)
+            except DaemonError as exc:
+                log.warning("daemon.lease_renewal_failed", error=str(exc),
+                            seconds_left=round(deadline - time.monotonic(), 1))  # fmt: skip
+        if renewed:
+            renewed_at, wait = sent, LEASE_RENEW_S
+        elif renewed is False:
+            raise LeaseLostError(
+                f"daemon {daemon_id} is marked stopped in the database: another daemon may"
+                " take its supervisors over"
+            )
+        elif time.monotonic() >= deadline:
+            raise LeaseLostError(
+                f"the lease of daemon {daemon_id} could not be renewed for"
+                f" {time.monotonic() - renewed_at:.0f} s: it expires in"
+                f" {LEASE_MARGIN_S:.0f} s, after which another daemon may take its"
+                " supervisors over"
+            )
+        else:
+            wait = min(LEASE_RETRY_S, max(0.0, deadline - time.monotonic()))
 
 
 async def _wait_for_stop(log: Any) -> None:
@@ -91,6 +127,17 @@ async def _claim_new(
                 await host.start(contexts, list(contexts))
         except DaemonError as exc:
             get_logger().warning("daemon.claim_failed", error=str(exc))
+
+
+def _find(exc: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` error in `exc` or in its (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -133,22 +180,32 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             applied = await migrations.migrate(conn)
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
         registry = DaemonRegistry(db.pool)
+        registered_at = time.monotonic()
         await registry.register(daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
                                 version=__version__, lease_s=LEASE_S)  # fmt: skip
         if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
             log.info("demo.created", supervisors=created)
-        systemd.status("restoring supervisors")
-        contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
-        summary = await restore_all(
-            db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=settings.capacity,
-            on_outcome=lambda outcome: contexts.__setitem__(outcome.supervisor_id,
-                                                            outcome.context),
-        )  # fmt: skip
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
         try:
-            await _serve(db, settings, daemon_id, queue, registry, contexts,
-                         summary.supervisors, log)  # fmt: skip
+            # The lease is renewed from registration on: restoring many supervisors
+            # can take longer than the lease lasts.
+            async with anyio.create_task_group() as lease:
+                lease.start_soon(_renew_lease, registry, daemon_id, log, registered_at)
+                systemd.status("restoring supervisors")
+                contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
+                summary = await restore_all(
+                    db.pool, daemon_id, guard=crash_loop_guard(settings),
+                    capacity=settings.capacity,
+                    on_outcome=lambda outcome: contexts.__setitem__(outcome.supervisor_id,
+                                                                    outcome.context),
+                )  # fmt: skip
+                await _serve(db, settings, daemon_id, queue, contexts, summary.supervisors, log)
+                lease.cancel_scope.cancel()
         except Exception as exc:
+            lost = _find(exc, LeaseLostError)
+            if lost is not None:
+                log.critical("daemon.lease_lost", error=str(lost))
+                raise lost from None
             error = _describe(exc)
             log.critical("daemon.crashed", error=error, exc_info=True)
             raise DaemonCrashedError(f"a background job crashed: {error}") from exc
@@ -164,7 +221,6 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     settings: Settings,
     daemon_id: str,
     queue: PersistenceQueue,
-    registry: DaemonRegistry,
     contexts: dict[uuid.UUID, SupervisorRestorationContext],
     restored: int,
     log: Any,
@@ -175,7 +231,6 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     async with anyio.create_task_group() as tg:
         await tg.start(queue.run)
         await tg.start(hub.run)
-        tg.start_soon(_renew_lease, registry, daemon_id, log)
         delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url)
         delivery.webhook_redeliveries(contexts)
 
