@@ -59,6 +59,9 @@ class Settings:
     capacity: int = 100_000
     heartbeat_interval_s: float = 5.0
     claim_interval_s: float = 5.0
+    # How long a daemon's lease lasts: others may take its supervisors over this long
+    # after it was last renewed (renewals come every third of it).
+    lease_s: float = 30.0
     poll_interval_s: float = 1.0
     task_timeout_s: float = 600.0
     webhook_url: str | None = None
@@ -144,6 +147,7 @@ _CONVERTERS: dict[str, Any] = {
     "capacity": _positive_int,
     "heartbeat_interval_s": _positive_float,
     "claim_interval_s": _positive_float,
+    "lease_s": _positive_float,
     "poll_interval_s": _positive_float,
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,

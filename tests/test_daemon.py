@@ -204,10 +204,6 @@ async def test_a_daemon_that_cannot_count_on_its_lease_stops_before_it_expires(
     from daemon.runtime import lifecycle
     from daemon.store import DaemonRegistry
 
-    monkeypatch.setattr(lifecycle, "LEASE_S", 1.5)
-    monkeypatch.setattr(lifecycle, "LEASE_RENEW_S", 0.2)
-    monkeypatch.setattr(lifecycle, "LEASE_MARGIN_S", 0.5)
-    monkeypatch.setattr(lifecycle, "LEASE_RETRY_S", 0.05)
     renewals = 0
 
     async def renew(self: Any, daemon_id: str, lease_s: float) -> bool:
@@ -227,6 +223,7 @@ async def test_a_daemon_that_cannot_count_on_its_lease_stops_before_it_expires(
             "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
             "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),
             "SUPERVISOR_DAEMON_DAEMON_ID": "fenced",
+            "SUPERVISOR_DAEMON_LEASE_S": "1.5",
         }
     )
     with anyio.fail_after(30), pytest.raises(LeaseLostError) as raised:

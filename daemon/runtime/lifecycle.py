@@ -7,6 +7,7 @@ them stops the daemon loudly instead of dying silently.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -36,8 +37,6 @@ from daemon.runtime.restore import restore_all
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import DaemonRegistry, EventStore, Store, WorkStore
 
-LEASE_S = 30.0
-
 E = TypeVar("E", bound=BaseException)
 
 
@@ -48,36 +47,52 @@ def crash_loop_guard(settings: Settings) -> CrashLoopGuard:
     )
 
 
-LEASE_RENEW_S = 10.0
-# Other daemons may claim this one's supervisors once its lease has expired. The
-# daemon stops on its own this long before that (by its own clock, counted from when
-# it sent the last renewal that succeeded), so no supervisor is ever driven by two.
-LEASE_MARGIN_S = 5.0
-LEASE_RETRY_S = 1.0  # between attempts once a renewal failed
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseTiming:
+    """How a lease of `lease_s` seconds is kept: renewed every third of it; once a
+    renewal failed, retried every second (or faster for short leases) until a sixth of
+    the lease before it expires, when the daemon stops on its own. Other daemons may
+    claim its supervisors only after expiry, so none is ever driven by two. The margin
+    is counted on the daemon's own clock from when it sent the last renewal that
+    succeeded, before the server could stamp it."""
+
+    lease_s: float
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_s / 3
+
+    @property
+    def margin_s(self) -> float:
+        return self.lease_s / 6
+
+    @property
+    def retry_every_s(self) -> float:
+        return min(1.0, self.lease_s / 30)
 
 
 async def _renew_lease(
-    registry: DaemonRegistry, daemon_id: str, log: Any, renewed_at: float
+    registry: DaemonRegistry, daemon_id: str, log: Any, renewed_at: float, timing: LeaseTiming
 ) -> None:
-    """Renew the lease every LEASE_RENEW_S; raise LeaseLostError when it cannot be
-    counted on any more (not renewed in time, or the daemon marked stopped).
-    `renewed_at`: when (time.monotonic()) the lease was last set, before the request."""
-    wait = LEASE_RENEW_S
+    """Keep the lease; raise LeaseLostError when it cannot be counted on any more (not
+    renewed in time, or the daemon marked stopped). `renewed_at`: when (monotonic) the
+    request that last set the lease was sent."""
+    wait = timing.renew_every_s
     while True:
         await anyio.sleep(wait)
-        deadline = renewed_at + LEASE_S - LEASE_MARGIN_S
+        deadline = renewed_at + timing.lease_s - timing.margin_s
         sent = time.monotonic()
         renewed = None
         # A renewal that hangs (a connection the network dropped) must not outlive
         # the lease: give up on it at the deadline.
         with anyio.move_on_after(max(0.0, deadline - sent)):
             try:
-                renewed = await registry.renew_lease(daemon_id, LEASE_S)
+                renewed = await registry.renew_lease(daemon_id, timing.lease_s)
             except DaemonError as exc:
                 log.warning("daemon.lease_renewal_failed", error=str(exc),
                             seconds_left=round(deadline - time.monotonic(), 1))  # fmt: skip
         if renewed:
-            renewed_at, wait = sent, LEASE_RENEW_S
+            renewed_at, wait = sent, timing.renew_every_s
         elif renewed is False:
             raise LeaseLostError(
                 f"daemon {daemon_id} is marked stopped in the database: another daemon may"
@@ -87,11 +102,11 @@ async def _renew_lease(
             raise LeaseLostError(
                 f"the lease of daemon {daemon_id} could not be renewed for"
                 f" {time.monotonic() - renewed_at:.0f} s: it expires in"
-                f" {LEASE_MARGIN_S:.0f} s, after which another daemon may take its"
+                f" {timing.margin_s:.0f} s, after which another daemon may take its"
                 " supervisors over"
             )
         else:
-            wait = min(LEASE_RETRY_S, max(0.0, deadline - time.monotonic()))
+            wait = min(timing.retry_every_s, max(0.0, deadline - time.monotonic()))
 
 
 async def _wait_for_stop(log: Any) -> None:
@@ -182,7 +197,7 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
         registry = DaemonRegistry(db.pool)
         registered_at = time.monotonic()
         await registry.register(daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
-                                version=__version__, lease_s=LEASE_S)  # fmt: skip
+                                version=__version__, lease_s=settings.lease_s)  # fmt: skip
         if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
             log.info("demo.created", supervisors=created)
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
@@ -190,7 +205,8 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             # The lease is renewed from registration on: restoring many supervisors
             # can take longer than the lease lasts.
             async with anyio.create_task_group() as lease:
-                lease.start_soon(_renew_lease, registry, daemon_id, log, registered_at)
+                lease.start_soon(_renew_lease, registry, daemon_id, log, registered_at,
+                                 LeaseTiming(settings.lease_s))  # fmt: skip
                 systemd.status("restoring supervisors")
                 contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
                 summary = await restore_all(
