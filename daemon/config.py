@@ -65,6 +65,8 @@ class Settings:
     poll_interval_s: float = 1.0
     task_timeout_s: float = 600.0
     webhook_url: str | None = None
+    # host:port to serve Prometheus metrics on (/metrics); unset: no metrics server.
+    metrics_address: tuple[str, int] | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -100,6 +102,17 @@ def _webhook_url(value: Any) -> str | None:
     if urlsplit(text).scheme not in ("http", "https"):
         raise ValueError("must be an http:// or https:// URL")
     return text
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")  # [::1]:9464
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port, for example 127.0.0.1:9464")
+    return host, int(port)
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
@@ -151,6 +164,7 @@ _CONVERTERS: dict[str, Any] = {
     "poll_interval_s": _positive_float,
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,
+    "metrics_address": _address,
 }
 
 

@@ -23,12 +23,12 @@ from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import migrations
 from daemon.db.database import Database, open_database
-from daemon.errors import DaemonCrashedError, DaemonError, LeaseLostError
+from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, LeaseLostError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
 from daemon.restoration import CrashLoopGuard, RestorationOutcome
-from daemon.runtime import watchdog
+from daemon.runtime import metrics, watchdog
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.runtime.host import Host
@@ -107,6 +107,21 @@ async def _renew_lease(
             )
         else:
             wait = min(timing.retry_every_s, max(0.0, deadline - time.monotonic()))
+
+
+def _serve_metrics(settings: Settings, queue: PersistenceQueue, hosts: list[Host], log: Any) -> Any:
+    """Start the metrics server when configured; an address that cannot be served is a
+    configuration error (exit 78), found before any supervisor is restored."""
+    if settings.metrics_address is None:
+        return None
+    host, port = settings.metrics_address
+    collector = metrics.DaemonCollector(queue, lambda: sum(len(h.running) for h in hosts))
+    try:
+        server = metrics.serve(settings.metrics_address, collector)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics at {host}:{port}: {exc}") from None
+    log.info("metrics.serving", address=f"{host}:{port}", path="/metrics")
+    return server
 
 
 async def _wait_for_stop(log: Any) -> None:
@@ -201,6 +216,8 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
         if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
             log.info("demo.created", supervisors=created)
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
+        hosts: list[Host] = []  # the Host, once agents run (for the metrics)
+        metrics_server = _serve_metrics(settings, queue, hosts, log)
         try:
             # The lease is renewed from registration on: restoring many supervisors
             # can take longer than the lease lasts.
@@ -215,7 +232,8 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
                     on_outcome=lambda outcome: contexts.__setitem__(outcome.supervisor_id,
                                                                     outcome.context),
                 )  # fmt: skip
-                await _serve(db, settings, daemon_id, queue, contexts, summary.supervisors, log)
+                await _serve(db, settings, daemon_id, queue, contexts, summary.supervisors, hosts,
+                             log)  # fmt: skip
                 lease.cancel_scope.cancel()
         except Exception as exc:
             lost = _find(exc, LeaseLostError)
@@ -227,6 +245,8 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             raise DaemonCrashedError(f"a background job crashed: {error}") from exc
         finally:
             restore_defaults()  # the collector as it was (the daemon may run in-process)
+            if metrics_server is not None:
+                metrics_server.shutdown()
         with anyio.CancelScope(shield=True):
             await registry.mark_stopped(daemon_id)
         log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
@@ -239,6 +259,7 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     queue: PersistenceQueue,
     contexts: dict[uuid.UUID, SupervisorRestorationContext],
     restored: int,
+    hosts: list[Host],
     log: Any,
 ) -> None:
     """Every background job in one task group, until a signal asks to stop."""
@@ -257,6 +278,7 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
                     host = Host(db.pool, daemon_id, queue=queue, hub=hub, runner=runner,
                                 delivery=delivery, tg=atg,
                                 heartbeat_s=settings.heartbeat_interval_s)  # fmt: skip
+                    hosts.append(host)
                     await runner.resume(daemon_id)
                     started = await host.start(contexts, list(contexts))
                     atg.start_soon(host.heartbeats)
