@@ -1,4 +1,4 @@
-"""Fold a run of events into one set-based write: the arrays `apply_batch` reads.
+"""Fold a run of events into one set-based write: the document `apply_batch` reads.
 
 Pure logic, no I/O. Per supervisor, the critical events of a batch collapse into one
 row: final values (last phase, last state, last activity, ...), what they append in
@@ -7,13 +7,10 @@ order (tasks, questions, answered question ids, messages) and the journal segmen
 where it is newer than the critical events of the same supervisor, so per-supervisor
 order holds.
 
-The rows go to PostgreSQL as parallel arrays, one per field and one element per
-supervisor (unnest on the other side). Scalars travel in binary and are read without
-parsing; what is JSON (the journal segment, tasks, questions, answers, messages) is
-encoded by orjson and parsed once on the server, where it is used. One element per
-supervisor, not per event, keeps asyncpg's per-element work small: arrays with one
-element per event cost it about 6 µs per event, and one JSON document for the whole
-batch made the server parse every value twice.
+The rows go to PostgreSQL as one JSON text (json_to_recordset on the other side):
+encoding a thousand small rows with orjson costs a fraction of what asyncpg spends
+checking and encoding the elements of typed arrays, and one row per supervisor with
+everything nested keeps the statement's plan a single join, whatever the batch holds.
 """
 
 from __future__ import annotations
@@ -37,66 +34,51 @@ _MESSAGE_APPENDED = EventKind.MESSAGE_APPENDED
 _TASKS_COLLECTED = EventKind.TASKS_COLLECTED
 
 
-# A supervisor's row is a list, one slot per apply_batch parameter (in its order);
-# the rows are transposed into the parameters' arrays in one C call (zip).
-_COLUMNS = 18
-(_SID, _N, _PH, _ST, _ACT, _PROG, _ER, _EP, _EV,
- _LE, _TK, _TS, _AW, _Q, _AN, _AI, _M, _RT) = range(_COLUMNS)  # fmt: skip
-# Scratch slots after the parameters: positions of the last critical event that set
-# activity / progress, so a coalesced entry can tell whether it is newer.
-_LAST_A, _LAST_P = 18, 19
-_JSON_COLUMNS = (_EV, _TK, _Q, _AN, _M)
+def _new_row(supervisor_id: uuid.UUID, epoch: int | None) -> dict[str, Any]:
+    """One supervisor's row as apply_batch reads it (short keys: see queue.sql)."""
+    return {
+        "i": supervisor_id,  # supervisor id
+        "n": 0,  # critical events folded in
+        "ph": None, "st": None, "a": None, "p": None, "er": None,  # final values
+        "ep": epoch,  # fencing epoch the writer holds (None: unfenced)
+        "ev": [],  # journal segment: [{"e": id, "k": kind, "p": payload}]
+        "le": None,  # last event id (retry check)
+        "tk": None,  # spawned tasks: [{"t": id, "aw": awaited, "sp": spec}]
+        "ts": None,  # their ids, as a PostgreSQL array literal "{id,id}"
+        "aw": None,  # the awaited ones among them, likewise
+        "q": None,  # questions asked (PendingQuestion JSON)
+        "an": None,  # answers: [{"q": question id, "a": answer, "by": who}]
+        "ai": None,  # the answered question ids, as an array literal
+        "rt": None,  # task ids no longer awaited (collected), as an array literal
+        "_rt": None,
+        "m": None,  # messages appended to the history
+        # Positions of the last critical event that set activity / progress, so a
+        # coalesced entry can tell whether it is newer. Removed before encoding.
+        "_a": -1, "_p": -1,
+    }  # fmt: skip
 
 
-def _new_row(supervisor_id: uuid.UUID, epoch: int | None) -> list[Any]:
-    """One supervisor's row, every slot empty but its id and epoch."""
-    row: list[Any] = [None] * 20
-    row[_SID] = supervisor_id
-    row[_N] = 0  # critical events folded in
-    row[_EP] = epoch  # fencing epoch the writer holds (None: unfenced)
-    row[_EV] = []  # journal segment: [{"e": id, "k": kind, "p": payload}]
-    row[_LAST_A] = row[_LAST_P] = -1
-    # Filled as events come: _PH, _ST, _ACT, _PROG, _ER (final values), _LE (last event
-    # id, for the retry check), _TK (spawned tasks: [{"t": id, "aw": awaited, "sp":
-    # spec}]), _TS and _AW (their ids and the awaited ones, as array literals
-    # "{id,id}"), _Q (questions asked), _AN (answers: [{"q": id, "a": answer, "by":
-    # who}]), _AI (the answered question ids), _M (messages), _RT (tasks collected).
-    return row
-
-
-def _append(row: list[Any], slot: int, item: Any) -> None:
-    items = row[slot]
+def _append(row: dict[str, Any], key: str, item: Any) -> None:
+    items = row[key]
     if items is None:
-        row[slot] = [item]
+        row[key] = [item]
     else:
         items.append(item)
-
-
-def _literal(items: Iterable[Any]) -> str:
-    """A PostgreSQL array literal of ids: parsed in C on the server."""
-    return "{" + ",".join([str(item) for item in items]) + "}"
 
 
 @dataclasses.dataclass(slots=True)
 class Batch:
     """What one apply_batch statement writes."""
 
-    rows: list[list[Any]] = dataclasses.field(default_factory=list)
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # For the retry check: the last critical event of each supervisor in this batch.
     last_event: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)
 
-    def parameters(self) -> list[Sequence[Any]]:
-        """apply_batch's parameters: one array per slot, one element per supervisor."""
-        columns: list[Sequence[Any]] = list(zip(*self.rows, strict=True)) or [()] * _COLUMNS
-        dumps = orjson.dumps
-        for slot in _JSON_COLUMNS:
-            # default=str: asyncpg hands out its own UUID subclass, which orjson does
-            # not know by exact type; anything else was checked when its event was made.
-            columns[slot] = [
-                None if value is None else dumps(value, default=str).decode()
-                for value in columns[slot]
-            ]
-        return columns
+    def parameters(self) -> tuple[str, list[uuid.UUID]]:
+        """The document and the supervisor ids (for the primary-key lookup)."""
+        # default=str: asyncpg hands out its own UUID subclass, which orjson does not
+        # know by exact type; anything else was checked when its event was made.
+        return orjson.dumps(self.rows, default=str).decode(), [row["i"] for row in self.rows]
 
 
 def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline on purpose
@@ -108,7 +90,7 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
     before it arrived: it is newer than critical events at lower indexes only.
     """
     # Keyed by the id's integer: uuid.UUID hashes in Python, an int in C.
-    folded: dict[int, list[Any]] = {}
+    folded: dict[int, dict[str, Any]] = {}
     batch = Batch()
     for index, event in enumerate(critical):
         sid = event.supervisor_id
@@ -116,39 +98,39 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
         row = folded.get(key)
         if row is None:
             row = folded[key] = _new_row(sid, event.epoch)
-        row[_N] += 1
+        row["n"] += 1
         data = event.data
         kind = event.kind
         if kind is _ACTIVITY_REPORTED:
-            row[_ACT] = data["activity"]
-            row[_LAST_A] = index
+            row["a"] = data["activity"]
+            row["_a"] = index
         elif kind is _STATE_CHANGED:
-            row[_ST] = data["state"]
-            row[_ER] = data["errorMessage"]
+            row["st"] = data["state"]
+            row["er"] = data["errorMessage"]
             if "activity" in data:
-                row[_ACT] = data["activity"]
-                row[_LAST_A] = index
+                row["a"] = data["activity"]
+                row["_a"] = index
             if "progress" in data:
-                row[_PROG] = data["progress"]
-                row[_LAST_P] = index
+                row["p"] = data["progress"]
+                row["_p"] = index
         elif kind is _TASK_SPAWNED:
-            _append(row, _TK, {"t": data["taskId"], "aw": data["awaited"], "sp": data["spec"]})
+            _append(row, "tk", {"t": data["taskId"], "aw": data["awaited"], "sp": data["spec"]})
         elif kind is _QUESTION_ASKED:
-            _append(row, _Q, data)
-            row[_ST] = "waiting_for_user"
-            row[_ER] = None
+            _append(row, "q", data)
+            row["st"] = "waiting_for_user"
+            row["er"] = None
         elif kind is _QUESTION_ANSWERED:
-            _append(row, _AN, {"q": data["questionId"], "a": data["answer"],
-                              "by": data["answeredBy"]})  # fmt: skip
+            _append(row, "an", {"q": data["questionId"], "a": data["answer"],
+                                "by": data["answeredBy"]})  # fmt: skip
         elif kind is _PHASE_CHANGED:
-            row[_PH] = data["phase"]
+            row["ph"] = data["phase"]
         elif kind is _MESSAGE_APPENDED:
-            _append(row, _M, data["message"])
+            _append(row, "m", data["message"])
         elif kind is _TASKS_COLLECTED:
             for task_id in data["taskIds"]:
-                _append(row, _RT, task_id)
-        row[_EV].append({"e": event.id, "k": kind, "p": data})
-        row[_LE] = event.id
+                _append(row, "_rt", task_id)
+        row["ev"].append({"e": event.id, "k": kind, "p": data})
+        row["le"] = event.id
 
     for position, event in coalesced:
         sid = event.supervisor_id
@@ -156,26 +138,29 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
         if row is None:
             row = folded[sid.int] = _new_row(sid, event.epoch)
         data = event.data
-        if "progress" in data and row[_LAST_P] < position:
-            row[_PROG] = data["progress"]
-        if "activity" in data and row[_LAST_A] < position:
-            row[_ACT] = data["activity"]
+        if "progress" in data and row["_p"] < position:
+            row["p"] = data["progress"]
+        if "activity" in data and row["_a"] < position:
+            row["a"] = data["activity"]
 
     rows = batch.rows = list(folded.values())
     last_event = batch.last_event
     for row in rows:
-        del row[_COLUMNS:]
-        if row[_RT] is not None:
-            row[_RT] = _literal(row[_RT])
-        if not row[_N]:
-            row[_EV] = None  # heartbeat/progress only: no journal segment
+        del row["_a"], row["_p"]
+        collected = row.pop("_rt")
+        if collected is not None:
+            row["rt"] = "{" + ",".join(collected) + "}"
+        if not row["n"]:
+            row["ev"] = None  # heartbeat/progress only: no journal segment
             continue
-        last_event[row[_SID]] = row[_LE]
-        tasks = row[_TK]
+        last_event[row["i"]] = row["le"]
+        # Array literals: PostgreSQL parses "{a,b}" into uuid[] / text[] in C, where
+        # unpacking JSON arrays inside the UPDATE costs a subquery per row.
+        tasks = row["tk"]
         if tasks is not None:
-            row[_TS] = _literal([t["t"] for t in tasks])
-            row[_AW] = _literal([t["t"] for t in tasks if t["aw"]])
-        answers = row[_AN]
+            row["ts"] = "{" + ",".join([str(t["t"]) for t in tasks]) + "}"
+            row["aw"] = "{" + ",".join([str(t["t"]) for t in tasks if t["aw"]]) + "}"
+        answers = row["an"]
         if answers is not None:
-            row[_AI] = _literal([a["q"] for a in answers])
+            row["ai"] = "{" + ",".join([str(a["q"]) for a in answers]) + "}"
     return batch

@@ -1,16 +1,14 @@
 -- apply_batch --
--- Apply a folded batch in one statement, so one implicit transaction; the parameters are parallel arrays, one element per supervisor (see daemon/batch.py); returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
--- Typed arrays travel in binary and are read without parsing; the JSON values (the
--- journal segment, tasks, questions, answers, messages) come as text and are parsed
--- once, where they are used; ts, aw, ai and rt ($12, $13, $16, $18) are array literals.
+-- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids; returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
+-- The nested values are read as json, which copies their text, not as jsonb, which
+-- would parse each into a tree, print it and parse it again; each is parsed once
+-- where it is used, and the journal segments (json) are only checked.
 WITH b AS (
-    SELECT u.i, u.n, u.ph, u.st, u.a, u.p, u.er, u.ep, u.ev::json AS ev, u.le::uuid AS le,
-           u.tk::json AS tk, u.ts::uuid[] AS ts, u.aw::uuid[] AS aw, u.q, u.an::json AS an,
-           u.ai::text[] AS ai, u.m, u.rt::uuid[] AS rt
-    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[],
-                $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[])
-        AS u(i, n, ph, st, a, p, er, ep, ev, le, tk, ts, aw, q, an, ai, m, rt)
+    SELECT *
+    FROM json_to_recordset($1::text::json) AS b(
+        i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
+        ev json, le uuid, tk json, ts uuid[], aw uuid[], q json, an json, ai text[],
+        m json, rt uuid[])
 ),
 upd AS (
     UPDATE supervisor_states s SET
@@ -52,10 +50,10 @@ upd AS (
         last_activity = now(),
         updated_at = now()
     FROM b
-    -- The rows are found through the primary key with the ids array ($1): joined to b
-    -- alone, the planner, which cannot know how many rows b holds, chose to scan the
-    -- whole table even for a batch of one.
-    WHERE s.id = ANY ($1::uuid[]) AND s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
+    -- $2 repeats the ids as an array so the rows are found through the primary key
+    -- (the planner cannot know how many rows the document holds and would otherwise
+    -- scan the whole table for a batch of one).
+    WHERE s.id = ANY ($2::uuid[]) AND s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
     RETURNING s.id, s.phase, s.last_event_seq, b.n, b.ev, b.le, b.tk, b.an,
         CASE WHEN b.ph IS NOT NULL
              THEN to_jsonb(s) - 'owner_daemon_id' - 'owner_epoch' END AS snapshot
