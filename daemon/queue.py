@@ -242,7 +242,10 @@ class PersistenceQueue:
                     task_status.started()
         finally:
             self._abandon_rest()
-            self._stopped.set()
+            try:
+                await self._store.close()  # shielded inside
+            finally:
+                self._stopped.set()
 
     async def _run_lane(self, lane: _Lane) -> None:
         while not (self._closed and not lane.events and not lane.coalesced):

@@ -279,6 +279,9 @@ async def test_drain_deadline_abandons_what_it_cannot_write() -> None:
             await asyncio.Event().wait()  # the database never answers
             raise AssertionError("unreachable")
 
+        async def close(self) -> None:
+            pass  # holds no connection
+
     queue = PersistenceQueue(StuckStore(), drain_timeout_s=0.2)
     flusher = asyncio.create_task(queue.run())
     submitters = [
