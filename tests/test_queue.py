@@ -107,6 +107,26 @@ async def _journal(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> list[dict[str, An
     return await EventStore(pool).list_events(sid, limit=1_000_000)
 
 
+async def submit_together(
+    queue: PersistenceQueue, batch: list[events.Event]
+) -> dict[str, BaseException | None]:
+    """Submit `batch` concurrently (all queued before a flush, so one batch); each
+    event's outcome: None when acknowledged, the EventRejectedError otherwise."""
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def send(event: events.Event) -> None:
+        try:
+            await queue.submit(event)
+            outcomes[event.id] = None
+        except EventRejectedError as exc:
+            outcomes[event.id] = exc
+
+    async with anyio.create_task_group() as tg:
+        for event in batch:
+            tg.start_soon(send, event)
+    return outcomes
+
+
 async def test_bad_event_fails_alone(
     queue: PersistenceQueue, store: Store, pool: asyncpg.Pool[Any]
 ) -> None:
@@ -116,18 +136,7 @@ async def test_bad_event_fails_alone(
         events.EventKind.STATE_CHANGED, ids[1], {"state": "dancing", "errorMessage": None}
     )
     good = [events.activity_reported(sid, f"fine {n}") for n, sid in enumerate(ids)]
-    results: dict[str, BaseException | None] = {}
-
-    async def send(event: events.Event) -> None:
-        try:
-            await queue.submit(event)
-            results[event.id] = None
-        except EventRejectedError as exc:
-            results[event.id] = exc
-
-    async with anyio.create_task_group() as tg:  # one batch: all queued before a flush
-        for event in [good[0], bad, good[1], good[2]]:
-            tg.start_soon(send, event)
+    results = await submit_together(queue, [good[0], bad, good[1], good[2]])
     assert isinstance(results[bad.id], EventRejectedError)
     assert "supervisor_states_state_check" in str(results[bad.id])
     assert all(results[e.id] is None for e in good)
@@ -147,18 +156,7 @@ async def test_a_task_id_already_taken_fails_its_event_alone(
     await queue.submit(events.task_spawned(ids[0], taken))
     reuse = events.task_spawned(ids[1], taken)
     fine = events.task_spawned(ids[1], uuid.uuid4())
-    outcomes: dict[str, BaseException | None] = {}
-
-    async def send(event: events.Event) -> None:
-        try:
-            await queue.submit(event)
-            outcomes[event.id] = None
-        except EventRejectedError as exc:
-            outcomes[event.id] = exc
-
-    async with anyio.create_task_group() as tg:  # one batch: both queued before a flush
-        tg.start_soon(send, reuse)
-        tg.start_soon(send, fine)
+    outcomes = await submit_together(queue, [reuse, fine])
     assert isinstance(outcomes[reuse.id], EventRejectedError)
     assert "supervisor_tasks_pkey" in str(outcomes[reuse.id])
     assert outcomes[fine.id] is None
