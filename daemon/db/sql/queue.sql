@@ -1,14 +1,19 @@
 -- apply_batch --
--- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids; returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
+-- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids, $3 their journal segments (JSON texts, in the same order); returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
 -- The nested values are read as json, which copies their text, not as jsonb, which
 -- would parse each into a tree, print it and parse it again; each is parsed once
--- where it is used, and the journal segments (json) are only checked.
+-- where it is used. The journal segments are not in the document at all: ROWS FROM
+-- pairs the n-th segment with the n-th row, and the journal column (json) only
+-- checks their text.
 WITH b AS (
     SELECT *
-    FROM json_to_recordset($1::text::json) AS b(
-        i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
-        ev json, le uuid, tk json, ts uuid[], aw uuid[], q json, an json, ai text[],
-        m json, rt uuid[])
+    FROM ROWS FROM (
+        json_to_recordset($1::text::json) AS (
+            i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
+            le uuid, tk json, ts uuid[], aw uuid[], q json, an json, ai text[],
+            m json, rt uuid[]),
+        unnest($3::text[])
+    ) AS b(i, n, ph, st, a, p, er, ep, le, tk, ts, aw, q, an, ai, m, rt, ev)
 ),
 upd AS (
     UPDATE supervisor_states s SET
@@ -60,7 +65,7 @@ upd AS (
 ),
 journal AS (
     INSERT INTO supervisor_events (supervisor_id, first_seq, last_seq, last_event_id, events)
-    SELECT u.id, u.last_event_seq - u.n + 1, u.last_event_seq, u.le, u.ev
+    SELECT u.id, u.last_event_seq - u.n + 1, u.last_event_seq, u.le, u.ev::json
     FROM upd u
     WHERE u.n > 0
 ),
