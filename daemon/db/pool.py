@@ -7,6 +7,7 @@ errors with the password masked, since asyncpg sometimes echoes the DSN.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
@@ -33,7 +34,26 @@ def _encode_json(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+# A flush of a few thousand events is a message of about a megabyte. With the usual
+# socket send buffer (208 KiB) only its first part goes out at once; the rest waits for
+# the event loop to find the socket writable again, which can take tens of milliseconds
+# while the loop wakes thousands of acknowledged submitters, and the server sits idle
+# meanwhile. The kernel caps the request at net.core.wmem_max.
+SEND_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def widen_send_buffer(conn: asyncpg.Connection[Any]) -> None:
+    """Let a whole batch message fit in the connection's socket send buffer."""
+    # asyncpg exposes no socket; its transport (an attribute it has long had) does.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
 async def init_connection(conn: asyncpg.Connection[Any]) -> None:
+    widen_send_buffer(conn)
     # orjson: decoding conversation histories is most of the work of loading states.
     for name in ("jsonb", "json"):
         await conn.set_type_codec(
