@@ -109,8 +109,10 @@ WHERE x.eid IS DISTINCT FROM (
 
 -- list_supervisor_events --
 -- A supervisor's journal expanded into events, oldest first, after a sequence number
-SELECT s.supervisor_id, s.first_seq + x.ord - 1 AS seq, (x.e->>'e')::uuid AS event_id,
-       x.e->>'k' AS kind, x.e->'p' AS payload, s.created_at
+-- An event is [id, kind, payload]; segments written before were {"e": id, "k": kind, "p": payload}.
+SELECT s.supervisor_id, s.first_seq + x.ord - 1 AS seq,
+       COALESCE(x.e->>0, x.e->>'e')::uuid AS event_id,
+       COALESCE(x.e->>1, x.e->>'k') AS kind, COALESCE(x.e->2, x.e->'p') AS payload, s.created_at
 FROM supervisor_events s
 CROSS JOIN LATERAL json_array_elements(s.events) WITH ORDINALITY AS x(e, ord)
 WHERE s.supervisor_id = $1 AND s.last_seq > $2 AND s.first_seq + x.ord - 1 > $2
