@@ -107,7 +107,7 @@ def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
 class _Lane:
     """One flusher's share of the supervisors: its own queue, written in order."""
 
-    __slots__ = ("coalesced", "events", "futures", "inflight", "wakeup")
+    __slots__ = ("coalesced", "events", "futures", "inflight", "parked", "wakeup")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -115,7 +115,15 @@ class _Lane:
         # supervisor id -> (position in `events` when it arrived, newest event)
         self.coalesced: dict[uuid.UUID, tuple[int, Event]] = {}
         self.wakeup = asyncio.Event()
+        # True while the flusher waits for work: only then does a submitter need to set
+        # `wakeup` (a method call per event otherwise).
+        self.parked = False
         self.inflight: Sequence[asyncio.Future[None]] = ()
+
+    def wake(self) -> None:
+        if self.parked:
+            self.parked = False
+            self.wakeup.set()
 
 
 class PersistenceQueue:
@@ -201,14 +209,15 @@ class PersistenceQueue:
             await self._space.wait()
             if self._closed:
                 raise QueueClosedError("the persistence queue is stopped")
-        lane = self._lane(event.supervisor_id)
-        loop = self._loop or asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        lanes = self._lanes
+        lane = lanes[event.supervisor_id.int % len(lanes)]
+        future: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
         lane.events.append(event)
         lane.futures.append(future)
         self._queued += 1
         self.counters.submitted += 1
-        lane.wakeup.set()
+        if lane.parked:
+            lane.wake()
         await future
 
     def submit_nowait(self, event: Event) -> None:
@@ -224,7 +233,8 @@ class PersistenceQueue:
         lane = self._lane(event.supervisor_id)
         lane.coalesced[event.supervisor_id] = (len(lane.events), event)
         self.counters.coalesced += 1
-        lane.wakeup.set()
+        if lane.parked:
+            lane.wake()
 
     # -- the flushers -------------------------------------------------------------------
 
@@ -249,8 +259,11 @@ class PersistenceQueue:
 
     async def _run_lane(self, lane: _Lane) -> None:
         while not (self._closed and not lane.events and not lane.coalesced):
-            await lane.wakeup.wait()
-            lane.wakeup.clear()
+            if not (lane.events or lane.coalesced or self._closed):
+                lane.parked = True
+                await lane.wakeup.wait()
+                lane.wakeup.clear()
+                lane.parked = False
             if self._flush_delay_s and not self._closed:
                 await anyio.sleep(self._flush_delay_s)
             while lane.events or lane.coalesced:
@@ -300,9 +313,7 @@ class PersistenceQueue:
             await self._write(events[half:], futures[half:], ())
             return
         if not missing:  # the common case: every event written
-            for future in futures:
-                if not future.done():  # a cancelled submitter's event is written all the same
-                    future.set_result(None)
+            self._acknowledge(futures)
             self.counters.written += len(futures)
             return
         written = 0
@@ -320,6 +331,17 @@ class PersistenceQueue:
                 written += 1
                 _set_result(future)
         self.counters.written += written
+
+    @staticmethod
+    def _acknowledge(futures: Sequence[asyncio.Future[None]]) -> None:
+        # One call per future; a cancelled submitter's future (its event is written all
+        # the same) raises, and the rest are then checked one by one.
+        try:
+            for future in futures:
+                future.set_result(None)
+        except asyncio.InvalidStateError:
+            for future in futures:
+                _set_result(future)
 
     def _reject(self, event: Event, future: asyncio.Future[None], exc: Exception) -> None:
         self.counters.rejected += 1
