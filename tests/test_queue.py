@@ -91,6 +91,8 @@ async def test_every_kind_is_written_and_journaled(
         "activity_reported",
         "state_changed",
     ]
+    assert journal[4]["payload"] == {"phase": "implement"}
+    assert len({e["event_id"] for e in journal}) == 8
     checkpoint = await store.latest_checkpoint(sid)
     assert checkpoint is not None
     assert checkpoint["phase"] == "implement"
