@@ -50,10 +50,20 @@ _MAX_TEXT = 64 * 1024
 _PREFIX_HEX = os.urandom(10).hex()
 _ID_PREFIX = f"{_PREFIX_HEX[:8]}-{_PREFIX_HEX[8:12]}-{_PREFIX_HEX[12:16]}-{_PREFIX_HEX[16:20]}-"
 _ids = itertools.count(1)
+# The counter's 12 hex digits: the high 9 change once per 4,096 ids and are formatted
+# then; the low 3 come from a table. Half the cost of formatting all 12 every time.
+_LOW_HEX = tuple(f"{n:03x}" for n in range(4096))
+_block: tuple[int, str] = (0, f"{_ID_PREFIX}{0:09x}")
 
 
 def new_event_id() -> str:
-    return "%s%012x" % (_ID_PREFIX, next(_ids))  # noqa: UP031 - the fastest form here
+    global _block  # noqa: PLW0603 - a cache; a tuple, so a reader never sees it half made
+    n = next(_ids)
+    high, text = _block
+    if high != n >> 12:
+        text = f"{_ID_PREFIX}{n >> 12:09x}"
+        _block = (n >> 12, text)
+    return text + _LOW_HEX[n & 0xFFF]
 
 
 # Task and question ids made by the daemon come from the same cheap generator.
@@ -74,9 +84,8 @@ class Event:
         epoch: int | None = None,
     ) -> None:
         critical = kind not in COALESCED_KINDS
-        # Heartbeat and progress are never journaled: they need no id. (new_event_id,
-        # inline: a function call is a tenth of what making an event costs.)
-        self.id = "%s%012x" % (_ID_PREFIX, next(_ids)) if critical else ""  # noqa: UP031
+        # Heartbeat and progress are never journaled: they need no id.
+        self.id = new_event_id() if critical else ""
         self.kind = kind
         # One exact type for every id (asyncpg hands out its own UUID class): the
         # queue groups events by supervisor id, and mixed types must not split a group.
