@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,6 +114,55 @@ async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> in
             f"{question.id}  supervisor {state.id}  ({question.question_type.value})\n"
             f"    {question.question}{choices}"
         )
+    return 0
+
+
+def _question_line(body: dict[str, Any]) -> str:
+    """A delivered question (the NOTIFY/webhook body) as `questions list` shows one."""
+    choices = body.get("choices") or []
+    shown = f"  [{' / '.join(map(str, choices))}]" if choices else ""
+    again = "  (redelivered)" if body.get("redelivery") else ""
+    return (
+        f"{body.get('questionId')}  supervisor {body.get('supervisorId')}"
+        f"  ({body.get('questionType')}){again}\n    {body.get('question')}{shown}"
+    )
+
+
+async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> int:
+    """The pending questions, then each new one as a daemon delivers it, until Ctrl-C."""
+    from daemon.runtime.delivery import payload  # noqa: PLC0415
+    from daemon.store import question_feed  # noqa: PLC0415
+
+    seen: set[str] = set()
+
+    def show(body: dict[str, Any]) -> None:
+        question_id = str(body.get("questionId"))
+        if question_id in seen:  # redelivered on a restoration: shown already
+            return
+        seen.add(question_id)
+        print(json.dumps(body) if args.json else _question_line(body), flush=True)
+
+    stopped = False
+    async with open_database(settings) as db, question_feed(db.pool) as feed:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_signal() -> None:
+                    nonlocal stopped
+                    async for _ in signals:
+                        stopped = True
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(stop_on_signal)
+                # Listening first, then listing: a question asked in between shows once.
+                for state in await Store(db.pool).get_supervisors_with_pending_questions():
+                    for question in state.pending_questions:
+                        show(payload(state.id, question, redelivery=False))
+                async for body in feed:
+                    show(body)
+                tg.cancel_scope.cancel()  # the feed ended: its connection was lost
+    if not stopped:
+        raise DatabaseUnavailableError("lost the connection to the database")
     return 0
 
 
@@ -291,6 +341,11 @@ def _add_work_commands(sub: Any) -> None:
     qlist = questions_sub.add_parser("list", help="every pending question")
     qlist.add_argument("--json", action="store_true")
     qlist.set_defaults(func=cmd_questions_list)
+    follow = questions_sub.add_parser(
+        "follow", help="pending questions, then each new one as it is asked, until Ctrl-C"
+    )
+    follow.add_argument("--json", action="store_true", help="one JSON object per line")
+    follow.set_defaults(func=cmd_questions_follow)
 
     tasks = sub.add_parser("tasks", help="report on spawned tasks")
     tasks_sub = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -8,9 +8,10 @@ The store never retries: the persistence queue decides that.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -430,3 +431,50 @@ class WorkStore:
                 queries["owned_supervisors"], daemon_id, None if ids is None else list(ids)
             )
         return [SupervisorState.from_row(row) for row in rows]
+
+
+# The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py).
+QUESTIONS_CHANNEL = "supervisor_questions"
+
+
+@contextlib.asynccontextmanager
+async def question_feed(
+    pool: asyncpg.Pool[Any], *, buffer: int = 1000
+) -> AsyncIterator[anyio.abc.ObjectReceiveStream[dict[str, Any]]]:
+    """Questions as daemons deliver them, for as long as the context lasts.
+
+    One held connection LISTENs on the questions channel; each notification's JSON body
+    arrives on the stream. The stream ends when that connection is lost. A reader that
+    falls `buffer` questions behind loses the newest ones rather than stalling asyncpg.
+    """
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+
+    def notified(_conn: Any, _pid: int, _channel: str, body: object) -> None:
+        try:
+            question = orjson.loads(str(body))
+        except orjson.JSONDecodeError:
+            return  # not one of ours
+        if isinstance(question, dict):
+            with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+                send.send_nowait(question)
+
+    def lost(_conn: Any) -> None:
+        send.close()
+
+    with map_db_errors():
+        conn = await pool.acquire()
+    try:
+        conn.add_termination_listener(lost)
+        with map_db_errors():
+            await conn.add_listener(QUESTIONS_CHANNEL, notified)
+        async with receive:
+            yield receive
+    finally:
+        send.close()
+        # A lost connection is already out of the pool's hands: nothing to undo.
+        with (
+            anyio.CancelScope(shield=True),
+            contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError),
+        ):
+            await conn.remove_listener(QUESTIONS_CHANNEL, notified)
+            await pool.release(conn)

@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from daemon.errors import map_db_errors
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
+from daemon.store import QUESTIONS_CHANNEL
 
 log = get_logger()
 NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
@@ -80,7 +81,8 @@ class Delivery:
         log_delivered(supervisor_id, question, redelivery)
         with map_db_errors():
             await self._pool.execute(
-                "SELECT pg_notify('supervisor_questions', $1)",
+                "SELECT pg_notify($1, $2)",
+                QUESTIONS_CHANNEL,
                 json.dumps(notify_payload(supervisor_id, question, redelivery)),
             )
         self.webhook(supervisor_id, question, redelivery=redelivery)
