@@ -58,9 +58,9 @@ BEGIN
     RETURN NEW;
 END $$;
 
-ALTER TABLE supervisor_tasks DROP CONSTRAINT supervisor_tasks_supervisor_id_fkey;
-ALTER TABLE supervisor_checkpoints DROP CONSTRAINT supervisor_checkpoints_supervisor_id_fkey;
-ALTER TABLE question_answers DROP CONSTRAINT question_answers_supervisor_id_fkey;
+ALTER TABLE supervisor_tasks DROP CONSTRAINT IF EXISTS supervisor_tasks_supervisor_id_fkey;
+ALTER TABLE supervisor_checkpoints DROP CONSTRAINT IF EXISTS supervisor_checkpoints_supervisor_id_fkey;
+ALTER TABLE question_answers DROP CONSTRAINT IF EXISTS question_answers_supervisor_id_fkey;
 
 CREATE TRIGGER supervisor_tasks_inserted AFTER INSERT ON supervisor_tasks
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION supervisor_rows_check();
