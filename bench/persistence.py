@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -181,9 +182,16 @@ async def bench_queue(
         cpu_before = time.process_time()
         server_before = server_cpu.seconds()
         started = perf()
+        # Acknowledged events at each quarter of the run: rows grow as supervisors spawn
+        # tasks (every task id stays in spawned_task_ids), and this shows what it costs.
+        quarters: list[int] = []
+        loop = asyncio.get_running_loop()
+        for n in (1, 2, 3):
+            loop.call_later(seconds * n / 4, lambda: quarters.append(acked))
         async with anyio.create_task_group() as run:
             start_all(run, workloads, seconds)
         elapsed = perf() - started
+        quarters.append(acked)
         cpu = time.process_time() - cpu_before
         server_after = server_cpu.seconds()
         batches = queue.counters.batches - batches_before
@@ -194,6 +202,9 @@ async def bench_queue(
         "p50_ack_ms": percentile(latencies, 0.50) * 1000,
         "p99_ack_ms": percentile(latencies, 0.99) * 1000,
         "events": acked,
+        "events_per_s_by_quarter": [
+            (b - a) / (seconds / 4) for a, b in itertools.pairwise([0, *quarters])
+        ],
         "mean_batch": written / batches if batches else 0.0,
         "python_cpu_percent": 100 * cpu / elapsed,
         "python_cpu_us_per_event": cpu / acked * 1e6,
@@ -387,6 +398,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "supervisors": args.supervisors,
         "seconds": args.seconds,
         "events_per_s": round(queue["events_per_s"]),
+        "events_per_s_by_quarter": [round(v) for v in queue["events_per_s_by_quarter"]],
         "p50_ack_ms": round(queue["p50_ack_ms"], 3),
         "p99_ack_ms": round(queue["p99_ack_ms"], 3),
         "p99_ack_ms_at_5k": round(fixed["p99_ms"], 3),
@@ -421,6 +433,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         f"queue / COPY ceiling: {result['queue_vs_ceiling']}; "
         f"mean batch: {result['mean_batch']} events"
     )
+    by_quarter = ", ".join(f"{v:,}" for v in result["events_per_s_by_quarter"])
+    print(f"closed loop by quarter of the run (events/s): {by_quarter}")
     return result
 
 
