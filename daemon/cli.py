@@ -99,7 +99,20 @@ async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _question_line(body: dict[str, Any]) -> str:
+    """A question, as delivered (the NOTIFY/webhook body), in two lines for people."""
+    choices = body.get("choices") or []
+    shown = f"  [{' / '.join(map(str, choices))}]" if choices else ""
+    again = "  (redelivered)" if body.get("redelivery") else ""
+    return (
+        f"{body.get('questionId')}  supervisor {body.get('supervisorId')}"
+        f"  ({body.get('questionType')}){again}\n    {body.get('question')}{shown}"
+    )
+
+
 async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.runtime.delivery import payload  # noqa: PLC0415 - keep CLI start fast
+
     async with open_database(settings) as db:
         states = await Store(db.pool).get_supervisors_with_pending_questions()
     rows = [(s, q) for s in states for q in s.pending_questions]
@@ -109,23 +122,8 @@ async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> in
     if not rows:
         print("no pending questions")
     for state, question in rows:
-        choices = f"  [{' / '.join(question.choices)}]" if question.choices else ""
-        print(
-            f"{question.id}  supervisor {state.id}  ({question.question_type.value})\n"
-            f"    {question.question}{choices}"
-        )
+        print(_question_line(payload(state.id, question, redelivery=False)))
     return 0
-
-
-def _question_line(body: dict[str, Any]) -> str:
-    """A delivered question (the NOTIFY/webhook body) as `questions list` shows one."""
-    choices = body.get("choices") or []
-    shown = f"  [{' / '.join(map(str, choices))}]" if choices else ""
-    again = "  (redelivered)" if body.get("redelivery") else ""
-    return (
-        f"{body.get('questionId')}  supervisor {body.get('supervisorId')}"
-        f"  ({body.get('questionType')}){again}\n    {body.get('question')}{shown}"
-    )
 
 
 async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> int:
