@@ -190,7 +190,7 @@ class PersistenceQueue:
 
     def _lane(self, supervisor_id: uuid.UUID) -> _Lane:
         lanes = self._lanes
-        return lanes[supervisor_id.int % len(lanes)] if len(lanes) > 1 else lanes[0]
+        return lanes[supervisor_id.int % len(lanes)]
 
     async def submit(self, event: Event) -> None:
         """Queue `event`; for a critical one, return once it is committed.
@@ -209,8 +209,7 @@ class PersistenceQueue:
             await self._space.wait()
             if self._closed:
                 raise QueueClosedError("the persistence queue is stopped")
-        lanes = self._lanes
-        lane = lanes[event.supervisor_id.int % len(lanes)]
+        lane = self._lane(event.supervisor_id)
         future: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
         lane.events.append(event)
         lane.futures.append(future)
