@@ -13,14 +13,19 @@ import pytest
 from daemon.db import migrations
 
 
+def cli_env(settings: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the daemon's settings, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
+    env.update(settings or {})
+    return env
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
-    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "daemon", *args],
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from daemon import events
 from daemon.queue import PersistenceQueue
 from daemon.store import EventStore, Store
 from tests.factories import new_state
-from tests.test_cli import run_cli
+from tests.test_cli import cli_env, run_cli
 from tests.test_queue import running
 
 
@@ -40,8 +39,7 @@ def daemon_process(dsn: str, tmp_path: Path, **extra: str) -> Iterator[subproces
 
 
 def _start(dsn: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
-    env.update(
+    env = cli_env(
         {
             "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
             "SUPERVISOR_DAEMON_DATA_DIR": str(tmp_path),

@@ -4,7 +4,6 @@ delivers (NOTIFY supervisor_questions), once each, until Ctrl-C."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from daemon.models import SupervisorStateKind
 from daemon.runtime.delivery import notify_payload
 from daemon.store import QUESTIONS_CHANNEL, Store
 from tests.factories import new_question, new_state
+from tests.test_cli import cli_env
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,11 +30,9 @@ class Follower:
     """The command as a real process, its stdout read line by line with a deadline."""
 
     def __init__(self, dsn: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
-        env["SUPERVISOR_DAEMON_DATABASE_URL"] = dsn
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "questions", "follow", "--json"],
-            env=env,
+            env=cli_env({"SUPERVISOR_DAEMON_DATABASE_URL": dsn}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
