@@ -433,8 +433,15 @@ class WorkStore:
         return [SupervisorState.from_row(row) for row in rows]
 
 
-# The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py).
+# The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py;
+# a restoration's redeliveries are sent by restoration.sql, which names it too).
 QUESTIONS_CHANNEL = "supervisor_questions"
+
+
+async def notify_question(pool: asyncpg.Pool[Any], body: str) -> None:
+    """Deliver one question (its JSON body) to whoever listens on the channel."""
+    with map_db_errors():
+        await pool.execute(queries["notify_question"], QUESTIONS_CHANNEL, body)
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ import pytest
 
 from daemon.models import SupervisorStateKind
 from daemon.runtime.delivery import notify_payload
-from daemon.store import QUESTIONS_CHANNEL, Store
+from daemon.store import Store, notify_question
 from tests.factories import new_question, new_state
 from tests.test_cli import cli_env
 
@@ -70,8 +70,7 @@ class Follower:
 
 async def _notify(pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID, redelivery: bool) -> str:
     question = new_question()
-    body = notify_payload(supervisor_id, question, redelivery)
-    await pool.execute("SELECT pg_notify($1, $2)", QUESTIONS_CHANNEL, json.dumps(body))
+    await notify_question(pool, json.dumps(notify_payload(supervisor_id, question, redelivery)))
     return str(question.id)
 
 
@@ -89,11 +88,8 @@ async def test_follow_shows_pending_then_new_questions_once_and_stops_on_ctrl_c(
 
         asked = await _notify(pool, state.id, redelivery=False)
         await _notify(pool, state.id, redelivery=True)  # a new question, redelivered
-        await pool.execute(  # the pending one again, as a restoration redelivers it
-            "SELECT pg_notify($1, $2)",
-            QUESTIONS_CHANNEL,
-            json.dumps(notify_payload(state.id, waiting, True)),
-        )
+        # The pending one again, as a restoration redelivers it.
+        await notify_question(pool, json.dumps(notify_payload(state.id, waiting, True)))
         last = await _notify(pool, state.id, redelivery=False)
         shown = [follower.next()["questionId"] for _ in range(3)]
         assert shown[0] == asked

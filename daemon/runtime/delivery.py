@@ -19,10 +19,9 @@ import anyio.abc
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from daemon.errors import map_db_errors
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
-from daemon.store import QUESTIONS_CHANNEL
+from daemon.store import notify_question
 
 log = get_logger()
 NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
@@ -79,12 +78,9 @@ class Delivery:
     ) -> None:
         """A question just asked: log line, NOTIFY, webhook."""
         log_delivered(supervisor_id, question, redelivery)
-        with map_db_errors():
-            await self._pool.execute(
-                "SELECT pg_notify($1, $2)",
-                QUESTIONS_CHANNEL,
-                json.dumps(notify_payload(supervisor_id, question, redelivery)),
-            )
+        await notify_question(
+            self._pool, json.dumps(notify_payload(supervisor_id, question, redelivery))
+        )
         self.webhook(supervisor_id, question, redelivery=redelivery)
 
     def webhook(

@@ -33,3 +33,7 @@ SELECT a.question_id, a.supervisor_id, a.answer, a.answered_by
 FROM question_answers a
 JOIN supervisor_states s ON s.id = a.supervisor_id
 WHERE a.applied_at IS NULL AND s.owner_daemon_id = $1
+
+-- notify_question --
+-- Deliver one question on the questions channel ($1, see store.QUESTIONS_CHANNEL; restoration.sql sends its own at commit), $2 its JSON body
+SELECT pg_notify($1, $2)
