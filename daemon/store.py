@@ -286,25 +286,27 @@ class EventStore:
                 # Cut mid-statement, or cancelled: the connection may be in any state.
                 # Closing it makes the pool open a fresh one instead.
                 conn.terminate()
-                with anyio.CancelScope(shield=True):
-                    await self._pool.release(conn)
+                await self._release(conn)
                 raise
             self._idle.append(conn)
         return list(missing or ())
 
     async def _keep(self, conn: Any) -> None:
         if conn.is_closed():
-            with anyio.CancelScope(shield=True):
-                await self._pool.release(conn)
+            await self._release(conn)
         else:
             self._idle.append(conn)
+
+    async def _release(self, conn: Any) -> None:
+        # Shielded: a connection taken from the pool goes back even when cancelled.
+        with anyio.CancelScope(shield=True):
+            await self._pool.release(conn)
 
     async def close(self) -> None:
         """Give the connections held for batch writes back to the pool."""
         idle, self._idle = self._idle, []
-        with anyio.CancelScope(shield=True):
-            for conn in idle:
-                await self._pool.release(conn)
+        for conn in idle:
+            await self._release(conn)
 
     async def supervisors_without_event(self, last_events: dict[uuid.UUID, str]) -> set[uuid.UUID]:
         """Supervisors whose newest journal entry is not the given event."""
