@@ -33,7 +33,7 @@ from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.runtime.host import Host
 from daemon.runtime.hub import Hub
-from daemon.runtime.restore import restore_all
+from daemon.runtime.restore import RestorationSummary, restore_all
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import DaemonRegistry, EventStore, Store, WorkStore
 
@@ -132,6 +132,23 @@ async def _wait_for_stop(log: Any) -> None:
             return
 
 
+async def _restore(
+    db: Database, settings: Settings, daemon_id: str, *, capacity: int, include_own: bool = True
+) -> tuple[RestorationSummary, dict[uuid.UUID, SupervisorRestorationContext]]:
+    """Claim and restore supervisors under the daemon's crash-loop guard; also return
+    the restoration context of each one restored, for its agent."""
+    contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
+
+    def keep(outcome: RestorationOutcome) -> None:
+        contexts[outcome.supervisor_id] = outcome.context
+
+    summary = await restore_all(
+        db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=capacity,
+        include_own=include_own, on_outcome=keep,
+    )  # fmt: skip
+    return summary, contexts
+
+
 async def _claim_new(
     db: Database, settings: Settings, daemon_id: str, host: Host, runner: TaskRunner
 ) -> None:
@@ -139,16 +156,10 @@ async def _claim_new(
     whose lease expired, restore them, and start their agents."""
     while True:
         await anyio.sleep(settings.claim_interval_s)
-        contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
-
-        def keep(outcome: RestorationOutcome, into: dict[uuid.UUID, Any] = contexts) -> None:
-            into[outcome.supervisor_id] = outcome.context
-
         try:
-            summary = await restore_all(
-                db.pool, daemon_id, guard=crash_loop_guard(settings),
+            summary, contexts = await _restore(
+                db, settings, daemon_id,
                 capacity=max(settings.capacity - len(host.running), 0), include_own=False,
-                on_outcome=keep,
             )  # fmt: skip
             if summary.supervisors:
                 # Only the newcomers' tasks: the running supervisors' tasks are ours.
@@ -225,13 +236,9 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
                 lease.start_soon(_renew_lease, registry, daemon_id, log, registered_at,
                                  LeaseTiming(settings.lease_s))  # fmt: skip
                 systemd.status("restoring supervisors")
-                contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
-                summary = await restore_all(
-                    db.pool, daemon_id, guard=crash_loop_guard(settings),
-                    capacity=settings.capacity,
-                    on_outcome=lambda outcome: contexts.__setitem__(outcome.supervisor_id,
-                                                                    outcome.context),
-                )  # fmt: skip
+                summary, contexts = await _restore(
+                    db, settings, daemon_id, capacity=settings.capacity
+                )
                 await _serve(db, settings, daemon_id, queue, contexts, summary.supervisors, hosts,
                              log)  # fmt: skip
                 lease.cancel_scope.cancel()
