@@ -7,8 +7,10 @@ Contract (SPEC.md, "Durability contract"):
   statement, which is one implicit transaction: group commit. Batches are written one
   after the other, so per-supervisor order holds.
 - Transient failures are retried with exponential backoff and jitter, for as long as
-  the daemon runs. Before a retry, the journal tells whether the failed attempt in fact
-  committed (the connection can die during COMMIT), so no event is applied twice.
+  the daemon runs. The batch statement compares each supervisor's newest applied event
+  with the batch's under the row lock, so a retry never applies a batch twice, even
+  when the failed attempt's commit is still running on the server (a connection cut
+  by the network while the server goes on).
 - A permanent failure is bisected until the bad event is alone: it fails its submitter,
   the rest of the batch commits.
 - The queue is bounded; a full queue makes submitters wait. Nothing accepted is dropped.
@@ -27,7 +29,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -356,18 +358,37 @@ class PersistenceQueue:
     async def _apply_with_retries(
         self, events: Sequence[Event], coalesced: Sequence[tuple[int, Event]]
     ) -> set[uuid.UUID]:
+        """Apply a batch, retrying transient failures; the supervisors it was refused for.
+
+        A retry simply applies the batch again: the statement itself skips a supervisor
+        whose row already holds the batch's last event (an attempt whose commit the
+        client never saw, even one still running on the server). A supervisor left
+        untouched is then asked about once more, in a statement of its own, which sees
+        every commit the batch waited for: refused (fenced, gone) or applied before.
+        """
         batch = fold(events, coalesced)
+        untouched = await self._retrying(lambda: self._store.apply_batch(batch))
+        if not untouched:
+            return set()
+        asked = {sid: batch.last_event[sid] for sid in untouched if sid in batch.last_event}
+        if not asked:
+            return set()  # heartbeat/progress only: nobody waits for those
+        return await self._retrying(lambda: self._store.supervisors_not_at_event(asked))
+
+    async def _retrying(
+        self, call: Callable[[], Awaitable[Collection[uuid.UUID]]]
+    ) -> set[uuid.UUID]:
         # The first attempt goes straight to the store: nearly every batch succeeds at
         # once, and a retry loop set up per batch would cost more than encoding it.
         try:
-            return set(await self._timed(self._store.apply_batch(batch)))
+            return set(await self._timed(call()))
         except TransientDatabaseError as exc:
             first_wait = self._retry_initial_s * random.uniform(1.0, 2.0)  # noqa: S311 - jitter
             self._log_retry_error(1, exc, first_wait)
         await anyio.sleep(first_wait)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientDatabaseError),
-            # Attempt n+1 of the batch waits about initial * 2**n, plus jitter.
+            # Attempt n+1 waits about initial * 2**n, plus jitter.
             wait=wait_exponential_jitter(
                 multiplier=2 * self._retry_initial_s,
                 jitter=self._retry_initial_s,
@@ -379,15 +400,7 @@ class PersistenceQueue:
         )
         async for attempt in retrying:
             with attempt:
-                if batch.last_event:
-                    # The failed attempt may have committed (connection lost during
-                    # COMMIT): the journal's newest entries tell.
-                    absent = await self._timed(
-                        self._store.supervisors_without_event(batch.last_event)
-                    )
-                    if len(absent) < len(batch.last_event):
-                        return absent
-                return set(await self._timed(self._store.apply_batch(batch)))
+                return set(await self._timed(call()))
         raise AssertionError("unreachable: tenacity retries forever or re-raises")
 
     async def _timed(self, call: Awaitable[T]) -> T:

@@ -292,7 +292,11 @@ class EventStore:
         return list(missing or ())
 
     async def _keep(self, conn: Any) -> None:
-        if conn.is_closed():
+        try:
+            closed = conn.is_closed()
+        except asyncpg.InterfaceError:
+            return  # the connection was lost and the pool has taken it back already
+        if closed:
             await self._release(conn)
         else:
             self._idle.append(conn)
@@ -308,11 +312,12 @@ class EventStore:
         for conn in idle:
             await self._release(conn)
 
-    async def supervisors_without_event(self, last_events: dict[uuid.UUID, str]) -> set[uuid.UUID]:
-        """Supervisors whose newest journal entry is not the given event."""
+    async def supervisors_not_at_event(self, last_events: dict[uuid.UUID, str]) -> set[uuid.UUID]:
+        """Of `last_events` (supervisor -> event id), the supervisors whose newest applied
+        event is not that one."""
         with map_db_errors():
             rows = await self._pool.fetch(
-                queries["supervisors_without_event"], list(last_events), list(last_events.values())
+                queries["supervisors_not_at_event"], list(last_events), list(last_events.values())
             )
         return {row[0] for row in rows}
 

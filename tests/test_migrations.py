@@ -46,6 +46,7 @@ EXPECTED_COLUMNS = {
         "owner_epoch",
         "agent",
         "last_event_seq",
+        "last_event_id",
         "restoration_window_started_at",
         "restorations_in_window",
     },

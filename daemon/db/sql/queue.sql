@@ -1,5 +1,5 @@
 -- apply_batch --
--- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids, $3 their journal segments (JSON texts, in the same order); returns the supervisors it could not update (missing, or fenced by another owner's epoch), or NULL when it updated them all
+-- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids, $3 their journal segments (JSON texts, in the same order); returns the supervisors it left untouched (missing, fenced by another owner's epoch, or already holding this batch), or NULL when it updated them all
 -- The nested values are read as json, which copies their text, not as jsonb, which
 -- would parse each into a tree, print it and parse it again; each is parsed once
 -- where it is used. The journal segments are not in the document at all: ROWS FROM
@@ -52,6 +52,7 @@ upd AS (
         conversation_history = CASE WHEN b.m IS NULL THEN s.conversation_history
                                     ELSE s.conversation_history || b.m::jsonb END,
         last_event_seq = s.last_event_seq + b.n,
+        last_event_id = COALESCE(b.le, s.last_event_id),
         last_activity = now(),
         updated_at = now()
     FROM b
@@ -59,6 +60,11 @@ upd AS (
     -- (the planner cannot know how many rows the document holds and would otherwise
     -- scan the whole table for a batch of one).
     WHERE s.id = ANY ($2::uuid[]) AND s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
+      -- Compare-and-set: a row whose newest event is this batch's last one was written
+      -- by an earlier attempt of this batch. Checked on the row itself, under its lock:
+      -- when that attempt is still committing, this statement waits for it and then
+      -- re-reads the row (READ COMMITTED), so the two can never both apply.
+      AND (b.le IS NULL OR s.last_event_id IS DISTINCT FROM b.le)
     RETURNING s.id, s.phase, s.last_event_seq, b.n, b.ev, b.le, b.tk, b.an,
         CASE WHEN b.ph IS NOT NULL
              THEN to_jsonb(s) - 'owner_daemon_id' - 'owner_epoch' END AS snapshot
@@ -69,8 +75,7 @@ journal AS (
     FROM upd u
     WHERE u.n > 0
 ),
--- A plain INSERT: a batch is never applied twice (the retry checks the journal first),
--- so a task id that exists already belongs to another task, and the event that
+-- A plain INSERT: a batch is never applied twice (the compare-and-set above), so a task id that exists already belongs to another task, and the event that
 -- reuses it fails alone (unique violation) instead of pointing at someone else's task.
 tasks AS (
     INSERT INTO supervisor_tasks (id, supervisor_id, spec)
@@ -97,15 +102,12 @@ SELECT CASE WHEN (SELECT count(*) FROM upd) = (SELECT count(*) FROM b) THEN NULL
             ELSE (SELECT array_agg(b.i) FROM b
                   WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = b.i)) END AS missing
 
--- supervisors_without_event --
--- Of (supervisor, event id) pairs, the supervisors whose newest journal entry is not that event: after a commit of unknown outcome, tells whether a batch was written
+-- supervisors_not_at_event --
+-- Of (supervisor, event id) pairs, the supervisors whose newest applied event is not that event: a batch that left some supervisors untouched was refused for these (fenced, gone), and had already been applied for the others (an earlier attempt committed)
 SELECT x.sid
 FROM unnest($1::uuid[], $2::uuid[]) AS x(sid, eid)
-WHERE x.eid IS DISTINCT FROM (
-    SELECT e.last_event_id FROM supervisor_events e
-    WHERE e.supervisor_id = x.sid
-    ORDER BY e.first_seq DESC
-    LIMIT 1)
+LEFT JOIN supervisor_states s ON s.id = x.sid
+WHERE s.last_event_id IS DISTINCT FROM x.eid
 
 -- list_supervisor_events --
 -- A supervisor's journal expanded into events, oldest first, after a sequence number
