@@ -96,6 +96,28 @@ class DrainReport:
     seconds: float
 
 
+def _take_coalesced(lane: _Lane, count: int) -> list[tuple[int, Event]]:
+    """The heartbeat/progress entries that go with the lane's first `count` events.
+
+    An entry is newer than the events queued before it (its position) only. One that
+    arrived after the `count`-th event waits for the batch holding those events, its
+    position counted from there: written now, it would go before older events.
+    """
+    entries = lane.coalesced
+    if not lane.events:  # the batch holds every queued event (`count` were taken out)
+        lane.coalesced = {}
+        return list(entries.values())
+    taken: list[tuple[int, Event]] = []
+    kept: dict[uuid.UUID, tuple[int, Event]] = {}
+    for supervisor_id, (position, event) in entries.items():
+        if position <= count:
+            taken.append((position, event))
+        else:
+            kept[supervisor_id] = (position - count, event)
+    lane.coalesced = kept
+    return taken
+
+
 def _set_result(future: asyncio.Future[None]) -> None:
     if not future.done():  # a cancelled submitter's event is still written
         future.set_result(None)
@@ -276,8 +298,7 @@ class PersistenceQueue:
         futures = lane.futures[:count]
         del lane.events[:count]
         del lane.futures[:count]
-        coalesced = list(lane.coalesced.values())
-        lane.coalesced = {}
+        coalesced = _take_coalesced(lane, count)
         self._queued -= count
         if not self._space.is_set() and self._queued < self._max_events:
             self._space.set()
@@ -303,15 +324,21 @@ class PersistenceQueue:
             missing = await self._apply_with_retries(events, coalesced)
         except (PermanentDatabaseError, TypeError, ValueError) as exc:
             # TypeError/ValueError: an event that cannot be encoded; also fails alone.
-            if len(events) <= 1:
-                if events:
-                    self._reject(events[0], futures[0], exc)
-                else:
-                    log.error("queue.coalesced_dropped", count=len(coalesced), error=str(exc))
+            if not events:
+                log.error("queue.coalesced_dropped", count=len(coalesced), error=str(exc))
                 return
+            if len(events) == 1:
+                self._reject(events[0], futures[0], exc)
+                if coalesced:  # newer than the refused event: written on their own
+                    await self._write((), (), coalesced)
+                return
+            # Each coalesced entry goes with the half whose events it is newer than, so a
+            # report is never written before an older event (progress never goes back).
             half = len(events) // 2
-            await self._write(events[:half], futures[:half], coalesced)
-            await self._write(events[half:], futures[half:], ())
+            first = [(position, e) for position, e in coalesced if position <= half]
+            second = [(position - half, e) for position, e in coalesced if position > half]
+            await self._write(events[:half], futures[:half], first)
+            await self._write(events[half:], futures[half:], second)
             return
         if not missing:  # the common case: every event written
             self._acknowledge(futures)
