@@ -65,11 +65,17 @@ class MigrationError(DaemonError):
 
 
 # SQLSTATE classes and codes that mean "try again": connection exceptions (08),
-# serialization failure and deadlock (40001, 40P01), too many connections (53300),
-# operator intervention such as shutdown or startup (57P01, 57P02, 57P03), and a
-# lock wait that timed out (55P03).
-_TRANSIENT_SQLSTATE_PREFIXES = ("08",)
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03", "55P03"})
+# insufficient resources such as disk full, out of memory or too many connections
+# (53000-53300), system and I/O errors (58), a query cancelled or the server shutting
+# down or starting (57014, 57P01-57P05), a read-only transaction after a failover to a
+# standby (25006), serialization failure and deadlock (40001, 40P01), and a lock wait
+# that timed out (55P03). Each is a state of the server, not of the event: retrying
+# waits for an operator or a failover instead of refusing every event meanwhile.
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "58")
+_TRANSIENT_SQLSTATES = frozenset({
+    "53000", "53100", "53200", "53300", "57014", "57P01", "57P02", "57P03", "57P05",
+    "25006", "40001", "40P01", "55P03",
+})  # fmt: skip
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -81,6 +87,11 @@ def is_transient(exc: BaseException) -> bool:
         return sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES) or (
             sqlstate in _TRANSIENT_SQLSTATES
         )
+    # A value the driver cannot encode or a client setting that cannot work is wrong now
+    # and at every retry: asyncpg raises those as InterfaceErrors that are also
+    # ValueErrors (its client-side DataError, ClientConfigurationError).
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return False
     # A closed or broken connection surfaces as InterfaceError, an OS-level error, or
     # (when the server cut it mid-operation) asyncpg's InternalClientError.
     return isinstance(
@@ -90,7 +101,14 @@ def is_transient(exc: BaseException) -> bool:
         | ConnectionError
         | OSError
         | TimeoutError,
-    ) and not isinstance(exc, asyncpg.exceptions.ClientConfigurationError)
+    ) and not isinstance(exc, UNSUPPORTED)
+
+
+# Features one side lacks: no retry adds them.
+UNSUPPORTED = (
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
 
 
 def translate(exc: BaseException) -> DatabaseError:

@@ -74,10 +74,12 @@ def describe(dsn: str) -> str:
     return f"{host}{port}/{database}"
 
 
-# Session settings every connection of the daemon asks for. None at present: the batch
-# statement finds its rows through the primary key whatever the batch size, so the
-# default plan cache mode serves it (see apply_batch in db/sql/queue.sql).
-SERVER_SETTINGS: dict[str, str] = {}
+# Session settings every connection of the daemon asks for. synchronous_commit: an
+# acknowledged event is a committed one, flushed to disk; a server (or database, or
+# role) configured with synchronous_commit = off would otherwise acknowledge commits it
+# can still lose in a crash. `on` also waits for synchronous standbys where there are.
+# Given at connection start, so a pool's RESET ALL keeps it.
+SERVER_SETTINGS: dict[str, str] = {"synchronous_commit": "on"}
 
 
 async def create_pool(
