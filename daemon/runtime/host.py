@@ -1,8 +1,9 @@
 """Runs the agents of the supervisors this daemon owns, and their heartbeats.
 
 Each agent runs in the host's task group. An agent that raises fails its supervisor
-(with the error as its message) and nothing else; cancellation (the daemon stopping)
-passes through. Heartbeats are sent for every running supervisor on an interval.
+(with the error as its message) and nothing else; a database outage that reaches it
+runs it again once the database is back; cancellation (the daemon stopping) passes
+through. Heartbeats are sent for every running supervisor on an interval.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import anyio.abc
 import asyncpg
 
 from daemon import agents
+from daemon.errors import TransientDatabaseError
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.queue import EventRejectedError, PersistenceQueue, QueueClosedError
@@ -85,7 +87,7 @@ class Host:
         try:
             agent = agents.resolve(spec)
             slog.info("agent.started", agent=spec)
-            await agent(sup)
+            await self._drive(agent, sup, slog)
             slog.info("agent.finished", state=sup.state.state.value)
         except QueueClosedError:
             pass  # the daemon is stopping: the supervisor resumes at the next start
@@ -97,6 +99,21 @@ class Host:
                 await sup.fail(f"agent {spec} failed: {type(exc).__name__}: {exc}")
         finally:
             self.running.pop(sup.id, None)
+
+    @staticmethod
+    async def _drive(agent: agents.Agent, sup: Supervisor, slog: Any) -> None:
+        """Run `agent`; when a database outage interrupts it, run it again once the
+        database answers. An outage is no verdict on the supervisor: the agent resumes
+        from the supervisor's saved state, as after a restoration."""
+        wait = 0.5
+        while True:
+            try:
+                await agent(sup)
+                return
+            except TransientDatabaseError as exc:
+                slog.warning("agent.interrupted", error=str(exc), retry_in_s=wait)
+                await anyio.sleep(wait)
+                wait = min(wait * 2, 30.0)
 
     async def heartbeats(self) -> None:
         while True:

@@ -2,7 +2,8 @@
 
 The database is the source of truth: a waiter checks it, then sleeps until a
 notification on its channel (LISTEN supervisor_answers / supervisor_tasks) or the
-polling interval, whichever comes first, and checks again. A lost listener connection
+polling interval, whichever comes first, and checks again. A check that meets a
+database outage is retried until the database is back: a waiter waits through it. A lost listener connection
 is reconnected with backoff; meanwhile polling alone keeps every waiter moving, so an
 answer still arrives within the polling interval.
 """
@@ -19,6 +20,7 @@ from daemon.db.pool import connect
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
 from daemon.models import FINISHED_TASK_STATES
+from daemon.runtime.outage import through_outage
 from daemon.store import WorkStore
 
 log = get_logger()
@@ -45,7 +47,10 @@ class Hub:
     async def wait_answer(self, question_id: uuid.UUID) -> tuple[str, str | None]:
         """The answer to a question (and who gave it), once there is one."""
         while True:
-            row = await self._store.get_answer(question_id)
+            row = await through_outage(
+                lambda: self._store.get_answer(question_id),
+                what="an answer", question_id=str(question_id),
+            )  # fmt: skip
             if row is not None:
                 return str(row["answer"]), row["answered_by"]
             await self._wait("supervisor_answers")
@@ -53,7 +58,9 @@ class Hub:
     async def wait_tasks(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
         """The statuses of `task_ids` once every one has finished."""
         while True:
-            statuses = await self._store.task_statuses(task_ids)
+            statuses = await through_outage(
+                lambda: self._store.task_statuses(task_ids), what="task statuses"
+            )
             if all(statuses.get(t) in FINISHED_TASK_STATES for t in task_ids if t in statuses):
                 return statuses
             await self._wait("supervisor_tasks")
