@@ -77,8 +77,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon import limits  # noqa: PLC0415
     from daemon.store import WorkStore  # noqa: PLC0415
 
+    limits.text("answer", args.text)  # what the supervisor will record, checked now
     async with open_database(settings) as db:
         work = WorkStore(db.pool)
         found = await work.find_pending_question(args.question_id)

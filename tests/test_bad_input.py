@@ -30,6 +30,7 @@ from daemon.runtime.supervisor import Supervisor
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import EventStore, RestorationStore, Store, WorkStore
 from tests.factories import new_question, new_state
+from tests.test_cli import run_cli
 from tests.test_queue import running
 from tests.test_restoration import _outcomes
 
@@ -313,3 +314,17 @@ async def test_a_value_the_decoder_refuses_parks_that_supervisor_only(
     assert "1e400" in row["history"] or "1" + "0" * 400 in row["history"]  # left as it was
     # Readers that list every supervisor still work.
     assert {s.id for s in await store.list_supervisors()} == {good.id, odd.id}
+
+
+# -- answers from people -------------------------------------------------------------------
+
+
+async def test_an_answer_too_long_to_record_is_refused_by_the_cli(dsn: str, store: Store) -> None:
+    state = await store.save_supervisor_state_full(new_state())
+    question = new_question(choices=())
+    await store.add_supervisor_pending_question(state.id, question)
+    env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
+    refused = run_cli("answer", str(question.id), "é" * 40_000, env=env)
+    assert refused.returncode == 1
+    assert "answer is 80,000 bytes of UTF-8; at most 65,536 are allowed" in refused.stderr
+    assert run_cli("answer", str(question.id), "é" * 30_000, env=env).returncode == 0
