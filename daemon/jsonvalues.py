@@ -4,8 +4,8 @@ PostgreSQL's json and jsonb accept what the daemon's fast decoder (orjson) refus
 number out of a double's range such as `1e400` (stored exactly as numeric), or nesting
 deeper than 1,024 levels. Such a value, written by another tool, must not fail the
 statement that reads it (a restoration loads supervisors by the thousand). So `decode`
-falls back, only when orjson refused, to the standard library, which reads `1e400` as
-infinity, and marks what it returns:
+falls back, only when orjson refused, to the standard library (which reads `1e400` as
+infinity, or as the exact integer jsonb prints it back as), and marks what it returns:
 
 - an array or object comes back as a `RefusedList` / `RefusedDict` (a list or dict, so
   readers that list or show it still work), with `issue` naming what was refused;

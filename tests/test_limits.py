@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -291,3 +292,18 @@ def test_the_decoder_marks_what_orjson_refuses() -> None:
     deep = jsonvalues.decode("[" * 5_000 + "]" * 5_000)
     assert isinstance(deep, jsonvalues.Unreadable)
     assert "undecodable JSON (depth limit exceeded" in deep.issue
+
+
+def test_the_protocol_schema_states_the_same_limits() -> None:
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "agent-protocol.schema.json")
+                        .read_text())  # fmt: skip
+    requests = {
+        option["properties"]["type"]["const"]: option["properties"]
+        for option in schema["$defs"]["agentRequest"]["oneOf"]
+    }
+    assert requests["ask"]["choices"]["maxItems"] == limits.MAX_CHOICES
+    assert requests["wait_for_tasks"]["taskIds"]["maxItems"] == limits.MAX_TASK_IDS
+    command = schema["$defs"]["commandSpec"]["properties"]
+    assert command["timeoutS"]["maximum"] == limits.MAX_TASK_TIMEOUT_S
+    assert f"{limits.MAX_TEXT_BYTES:,} bytes" in schema["$defs"]["text64k"]["description"]
+    assert f"{limits.MAX_COMMAND_BYTES:,} bytes" in command["command"]["description"]
