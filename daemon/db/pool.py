@@ -2,8 +2,8 @@
 
 JSONB comes and goes as Python values; a stored value the fast decoder refuses comes
 back marked, never as an error that would fail the whole statement (daemon.jsonvalues).
-Connection failures become the daemon's own
-errors with the password masked, since asyncpg sometimes echoes the DSN.
+Connection failures become the daemon's own errors with the password masked, since
+asyncpg sometimes echoes the DSN.
 """
 
 from __future__ import annotations
