@@ -77,8 +77,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon import limits  # noqa: PLC0415
     from daemon.store import WorkStore  # noqa: PLC0415
 
+    limits.text("answer", args.text)  # what the supervisor will record, checked now
     async with open_database(settings) as db:
         work = WorkStore(db.pool)
         found = await work.find_pending_question(args.question_id)
@@ -104,6 +106,8 @@ def _question_line(body: dict[str, Any]) -> str:
     choices = body.get("choices") or []
     shown = f"  [{' / '.join(map(str, choices))}]" if choices else ""
     again = "  (redelivered)" if body.get("redelivery") else ""
+    if body.get("truncated"):  # answered before the whole of it could be read
+        again += "  (preview)"
     return (
         f"{body.get('questionId')}  supervisor {body.get('supervisorId')}"
         f"  ({body.get('questionType')}){again}\n    {body.get('question')}{shown}"
@@ -126,10 +130,28 @@ async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> in
     return 0
 
 
+async def _whole(work: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """A delivered question in full: a NOTIFY carries a bounded preview (`truncated`
+    says whether it is all of it); the whole one is read by its id while pending."""
+    from daemon.models import PendingQuestion  # noqa: PLC0415
+    from daemon.runtime.delivery import payload  # noqa: PLC0415
+
+    if not body.get("truncated"):
+        return body
+    try:
+        found = await work.find_pending_question(uuid.UUID(str(body.get("questionId"))))
+        question = None if found is None else PendingQuestion.from_json(found["question"])
+    except ValueError:  # not an id, or a question no longer readable: show the preview
+        return body
+    if question is None:
+        return body
+    return payload(found["supervisor_id"], question, redelivery=bool(body.get("redelivery")))
+
+
 async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> int:
     """The pending questions, then each new one as a daemon delivers it, until Ctrl-C."""
     from daemon.runtime.delivery import payload  # noqa: PLC0415
-    from daemon.store import question_feed  # noqa: PLC0415
+    from daemon.store import WorkStore, question_feed  # noqa: PLC0415
 
     seen: set[str] = set()
 
@@ -157,7 +179,8 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
                     for question in state.pending_questions:
                         show(payload(state.id, question, redelivery=False))
                 async for body in feed:
-                    show(body)
+                    if str(body.get("questionId")) not in seen:
+                        show(await _whole(WorkStore(db.pool), body))
                 tg.cancel_scope.cancel()  # the feed ended: its connection was lost
     if not stopped:
         raise DatabaseUnavailableError("lost the connection to the database")

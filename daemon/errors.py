@@ -51,6 +51,11 @@ class ConflictError(DaemonError):
     """The operation contradicts what is already recorded (answering twice, ...)."""
 
 
+class InvalidInputError(DaemonError, ValueError):
+    """A request or value refused at the boundary (wrong type, out of range, too large);
+    the message says which field and why. Nothing was recorded."""
+
+
 class LeaseLostError(DaemonError):
     """This daemon can no longer count on its lease: other daemons may take its
     supervisors over, so it stops driving them (it exits, and systemd restarts it)."""

@@ -2,7 +2,9 @@
 
 An event is a small slotted object: its own id, the supervisor it belongs to, a kind,
 and a dict of data (which is also the journal payload). Constructors validate at the
-edge, so that a constraint violation in the database is the exception, not the rule.
+edge (daemon.limits: types, ranges, sizes in bytes), so that a bad value is refused with
+an InvalidInputError before it is queued, and a constraint violation in the database is
+the exception, not the rule.
 Heartbeat and progress are not critical: they are acknowledged at once and coalesced;
 every other kind is acknowledged only once committed.
 """
@@ -16,8 +18,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
+from daemon import limits
+from daemon.errors import InvalidInputError
 from daemon.models import PHASES, PendingQuestion, SupervisorStateKind
 
 
@@ -42,7 +44,7 @@ _STATES_WITH_REASON = frozenset(
     {SupervisorStateKind.FAILED.value, SupervisorStateKind.BLOCKED.value}
 )
 _PHASES = frozenset(PHASES)
-_MAX_TEXT = 64 * 1024
+_MAX_TEXT = limits.MAX_TEXT_BYTES
 
 # Event ids are UUID strings: 80 random bits chosen once per process, then a 48-bit
 # counter. Unique across processes with overwhelming probability, and about ten times
@@ -103,27 +105,14 @@ class Event:
 def _text(name: str, value: str | None, *, required: bool = False) -> str | None:
     if value is None:
         if required:
-            raise ValueError(f"{name} is required")
+            raise InvalidInputError(f"{name} is required")
         return None
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string")
-    if len(value) > _MAX_TEXT:
-        raise ValueError(f"{name} is longer than {_MAX_TEXT} characters")
-    return value
-
-
-def _json(name: str, value: Any) -> Any:
-    """`value` if it can be written as JSON; a clear error now rather than a failed batch."""
-    try:
-        orjson.dumps(value)
-    except TypeError as exc:
-        raise ValueError(f"{name} is not JSON-serialisable: {exc}") from None
-    return value
+    return limits.text(name, value)
 
 
 def _progress(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
-        raise ValueError(f"progress must be an integer from 0 to 100, not {value!r}")
+        raise InvalidInputError(f"progress must be an integer from 0 to 100, not {value!r}")
     return value
 
 
@@ -135,11 +124,12 @@ def task_spawned(
     awaited: bool = True,
     epoch: int | None = None,
 ) -> Event:
-    """A task was spawned: its row is created and its id recorded (and awaited)."""
+    """A task was spawned: its row is created and its id recorded (and awaited). A spec
+    that names a command must be one the runner can run (daemon.limits.command_spec)."""
     return Event(
         EventKind.TASK_SPAWNED,
         supervisor_id,
-        {"taskId": task_id, "spec": _json("spec", spec), "awaited": bool(awaited)},
+        {"taskId": task_id, "spec": limits.task_spec(spec), "awaited": bool(awaited)},
         epoch=epoch,
     )
 
@@ -147,7 +137,7 @@ def task_spawned(
 def question_asked(
     supervisor_id: uuid.UUID, question: PendingQuestion, *, epoch: int | None = None
 ) -> Event:
-    _text("question", question.question, required=True)
+    limits.question(question)
     return Event(EventKind.QUESTION_ASKED, supervisor_id, question.to_json(), epoch=epoch)
 
 
@@ -170,14 +160,20 @@ def question_answered(
 
 def phase_changed(supervisor_id: uuid.UUID, phase: str, *, epoch: int | None = None) -> Event:
     if phase not in _PHASES:
-        raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+        raise InvalidInputError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
     return Event(EventKind.PHASE_CHANGED, supervisor_id, {"phase": phase}, epoch=epoch)
 
 
 def activity_reported(
     supervisor_id: uuid.UUID, activity: str, *, epoch: int | None = None
 ) -> Event:
-    if type(activity) is not str or len(activity) > _MAX_TEXT:  # the common case, inline
+    # The common case inline: short ASCII text (its size in bytes is its length).
+    if (
+        type(activity) is not str
+        or not activity.isascii()
+        or len(activity) > _MAX_TEXT
+        or "\x00" in activity
+    ):
         _text("activity", activity, required=True)
     return Event(EventKind.ACTIVITY_REPORTED, supervisor_id, {"activity": activity}, epoch=epoch)
 
@@ -194,10 +190,10 @@ def state_changed(
     """A state change; `failed` and `blocked` need an error message saying why."""
     value = _STATE_VALUES.get(state)
     if value is None:
-        raise ValueError(f"unknown state {state!r}")
+        raise InvalidInputError(f"unknown state {state!r}")
     if value in _STATES_WITH_REASON and not error_message:
-        raise ValueError(f"state {value} needs an error message")
-    data: dict[str, Any] = {"state": value, "errorMessage": _text("error", error_message)}
+        raise InvalidInputError(f"state {value} needs an error message")
+    data: dict[str, Any] = {"state": value, "errorMessage": _text("errorMessage", error_message)}
     if activity is not None:
         data["activity"] = _text("activity", activity)
     if progress is not None:
@@ -220,7 +216,7 @@ def message_appended(supervisor_id: uuid.UUID, message: Any, *, epoch: int | Non
     return Event(
         EventKind.MESSAGE_APPENDED,
         supervisor_id,
-        {"message": _json("message", message)},
+        {"message": limits.json_value("message", message, limit=limits.MAX_MESSAGE_BYTES)},
         epoch=epoch,
     )
 

@@ -4,7 +4,9 @@ Pure logic over rows already loaded (daemon/runtime/restore.py does the I/O, set
 For each supervisor this module decides, following SPEC.md "Restoration protocol":
 
 1. the crash-loop guard: restored too often within the window -> parked (blocked);
-2. validation of the stored state, every problem named;
+2. validation of the stored state, every problem named; a JSON value the daemon cannot
+   read as stored (daemon.jsonvalues: `1e400` written by another tool) parks it for an
+   operator, with the value left as it is;
 3. what to restore: the state itself (valid), else the newest valid checkpoint, else a
    fresh start, else - when starting fresh could lose or repeat work - park it for an
    operator (blocked, manual intervention);
@@ -24,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from daemon.jsonvalues import issue_of
 from daemon.models import (
     FINISHED_TASK_STATES,
     PHASES,
@@ -40,6 +43,7 @@ _STATES = frozenset(SupervisorStateKind)
 _PHASES = frozenset(PHASES)
 _LIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 _NEEDS_ERROR = frozenset({SupervisorStateKind.FAILED, SupervisorStateKind.BLOCKED})
+_JSON_COLUMNS = ("conversation_history", "pending_questions")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,9 +109,18 @@ def _questions(value: Any, issues: list[str]) -> list[PendingQuestion]:
     return parsed
 
 
+def unreadable(row: Mapping[str, Any]) -> list[str]:
+    """The JSON columns of a row the decoder refused, each with what it refused."""
+    return [
+        f"{column} holds {issue}"
+        for column in _JSON_COLUMNS
+        if (issue := issue_of(row.get(column))) is not None
+    ]
+
+
 def validate(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[str]:
     """Every problem with a stored state, named; empty when the state is valid."""
-    issues: list[str] = []
+    issues = unreadable(row)
     state = row.get("state")
     if state not in _STATES:
         issues.append(f"unknown state {state!r}")
@@ -188,6 +201,16 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
         return _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, [reason])
 
     issues = validate(row, item.tasks) if item.issues is None else item.issues
+    refused = unreadable(row)
+    if refused:
+        # Restoring a checkpoint or starting fresh would overwrite a value nobody has
+        # read; the operator decides (and can read it with SQL).
+        reason = (
+            f"stored state holds JSON the daemon cannot read ({'; '.join(refused)}); it is"
+            " left as it is. Correct the value, then restore it with"
+            f" `supervisor-daemon restore {sid}`"
+        )
+        return _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, issues)
     if not issues and _never_ran(row) and not item.manual:
         return _new(item, guard)
     base: Mapping[str, Any] = row
@@ -255,7 +278,7 @@ def _newest_valid_checkpoint(
     item: RestorationInput, warnings: list[str]
 ) -> Mapping[str, Any] | None:
     for n, snapshot in enumerate(item.checkpoints):
-        if not isinstance(snapshot, Mapping):
+        if not isinstance(snapshot, Mapping) or issue_of(snapshot) is not None:
             continue
         candidate = {**item.row, **{k: snapshot.get(k) for k in _SNAPSHOT_FIELDS}}
         try:

@@ -359,12 +359,9 @@ class RestorationStore:
             return await self._pool.fetch(queries["load_checkpoints_of_supervisors"], ids)
 
     async def write(
-        self,
-        rows: list[dict[str, Any]],
-        applied_answers: list[uuid.UUID],
-        notifications: list[dict[str, Any]],
+        self, rows: list[dict[str, Any]], applied_answers: list[uuid.UUID]
     ) -> set[uuid.UUID]:
-        """Apply restorations, mark answers applied, send NOTIFYs: one transaction.
+        """Apply restorations and mark answers applied: one transaction.
 
         Returns the supervisors actually written (a row whose epoch moved is skipped).
         """
@@ -376,11 +373,14 @@ class RestorationStore:
                 )
                 if applied_answers:
                     await conn.execute(queries["mark_answers_applied"], applied_answers)
-                if notifications:
-                    await conn.fetchval(
-                        queries["notify_questions"], dumps(notifications, default=str).decode()
-                    )
         return {row["id"] for row in written}
+
+    async def notify_questions(self, bodies: list[str]) -> None:
+        """Redeliver questions on the questions channel, one NOTIFY each (their JSON
+        bodies, each under PostgreSQL's 8,000 bytes). Sent after the restorations
+        committed, on their own: a NOTIFY that fails cannot undo a restoration."""
+        with map_db_errors():
+            await self._pool.fetchval(queries["notify_questions"], QUESTIONS_CHANNEL, bodies)
 
 
 class WorkStore:
@@ -440,8 +440,8 @@ class WorkStore:
         return [SupervisorState.from_row(row) for row in rows]
 
 
-# The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py;
-# a restoration's redeliveries are sent by restoration.sql, which names it too).
+# The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py)
+# and redeliver it on a restoration (RestorationStore.notify_questions).
 QUESTIONS_CHANNEL = "supervisor_questions"
 
 

@@ -1,5 +1,6 @@
 """`supervisor-daemon questions follow`: the pending questions, then each one a daemon
-delivers (NOTIFY supervisor_questions), once each, until Ctrl-C."""
+delivers (NOTIFY supervisor_questions), once each, until Ctrl-C; a question whose NOTIFY
+carries only a preview is printed whole, read by its id."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import asyncpg
 import pytest
 
 from daemon.models import SupervisorStateKind
-from daemon.runtime.delivery import notify_payload
+from daemon.runtime.delivery import notify_body
 from daemon.store import Store, notify_question
 from tests.factories import new_question, new_state
 from tests.test_cli import cli_env
@@ -70,7 +71,7 @@ class Follower:
 
 async def _notify(pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID, redelivery: bool) -> str:
     question = new_question()
-    await notify_question(pool, json.dumps(notify_payload(supervisor_id, question, redelivery)))
+    await notify_question(pool, notify_body(supervisor_id, question, redelivery))
     return str(question.id)
 
 
@@ -89,7 +90,7 @@ async def test_follow_shows_pending_then_new_questions_once_and_stops_on_ctrl_c(
         asked = await _notify(pool, state.id, redelivery=False)
         await _notify(pool, state.id, redelivery=True)  # a new question, redelivered
         # The pending one again, as a restoration redelivers it.
-        await notify_question(pool, json.dumps(notify_payload(state.id, waiting, True)))
+        await notify_question(pool, notify_body(state.id, waiting, True))
         last = await _notify(pool, state.id, redelivery=False)
         shown = [follower.next()["questionId"] for _ in range(3)]
         assert shown[0] == asked
@@ -123,5 +124,31 @@ async def test_follow_exits_69_when_its_connection_is_lost(
         error = follower.process.stderr.read().strip().splitlines()
         assert code == 69, "\n".join(error)
         assert error == ["supervisor-daemon: error: lost the connection to the database"]
+    finally:
+        follower.close()
+
+
+async def test_follow_prints_a_long_question_whole_and_a_gone_one_as_its_preview(
+    dsn: str, pool: asyncpg.Pool[Any], store: Store
+) -> None:
+    waiting = new_question()
+    state = new_state(state=SupervisorStateKind.WAITING_FOR_USER, pending_questions=(waiting,))
+    await store.save_supervisor_state_full(state)
+    follower = Follower(dsn)
+    try:
+        assert follower.next()["questionId"] == str(waiting.id)  # listening from now on
+        long = new_question(question="Déployer ce changement ? " * 400, context="le plan")
+        await store.add_supervisor_pending_question(state.id, long)
+        await notify_question(pool, notify_body(state.id, long, False))
+        shown = follower.next()
+        assert (shown["questionId"], shown["question"]) == (str(long.id), long.question)
+        assert shown["context"] == "le plan"
+        # One answered before it was read: its preview, marked as such.
+        gone = new_question(question="Encore ? " * 2000)
+        await notify_question(pool, notify_body(state.id, gone, False))
+        preview = follower.next()
+        assert (preview["questionId"], preview["truncated"]) == (str(gone.id), True)
+        assert gone.question.startswith(preview["question"].rstrip("\u2026"))
+        assert len(json.dumps(preview, ensure_ascii=False).encode()) < 8000
     finally:
         follower.close()

@@ -1,7 +1,9 @@
 """asyncpg pools and connections, with the codecs every caller expects.
 
-JSONB comes and goes as Python values. Connection failures become the daemon's own
-errors with the password masked, since asyncpg sometimes echoes the DSN.
+JSONB comes and goes as Python values; a stored value the fast decoder refuses comes
+back marked, never as an error that would fail the whole statement (daemon.jsonvalues).
+Connection failures become the daemon's own errors with the password masked, since
+asyncpg sometimes echoes the DSN.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
+from daemon import jsonvalues
 from daemon.errors import (
     ConfigError,
     DatabaseError,
@@ -54,10 +57,11 @@ def widen_send_buffer(conn: asyncpg.Connection[Any]) -> None:
 
 async def init_connection(conn: asyncpg.Connection[Any]) -> None:
     widen_send_buffer(conn)
-    # orjson: decoding conversation histories is most of the work of loading states.
+    # orjson: decoding conversation histories is most of the work of loading states. Its
+    # refusals (1e400 stored by another tool) fall back to a slower, marked decode.
     for name in ("jsonb", "json"):
         await conn.set_type_codec(
-            name, encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog"
+            name, encoder=_encode_json, decoder=jsonvalues.decode, schema="pg_catalog"
         )
 
 

@@ -3,8 +3,10 @@
 The protocol is in docs/agent-protocol.md. The daemon writes the first line (`start`,
 or `restoration` with the restoration context message), then answers each request
 line with a `result` or an `error` line carrying the request's id. Requests are served
-one at a time, in order. A malformed, unknown or oversized line gets an error reply and
-a log line; nothing an agent writes can crash the daemon.
+one at a time, in order. A malformed, unknown or oversized line, or a request whose
+values break the limits of daemon.limits (checked by the Supervisor API before anything
+is recorded), gets an error reply and a log line; nothing an agent writes can crash the
+daemon.
 
 An agent that exits before its supervisor completed or failed is restarted with a
 restoration message and exponential backoff; one that keeps dying (more restarts than
@@ -25,9 +27,10 @@ import anyio
 import anyio.abc
 import orjson
 
-from daemon.errors import DaemonError
+from daemon import limits
+from daemon.errors import DaemonError, InvalidInputError
 from daemon.logs import get_logger
-from daemon.models import PHASES, TERMINAL_STATES, QuestionType
+from daemon.models import PHASES, TERMINAL_STATES
 from daemon.queue import QueueClosedError
 from daemon.restoration import CrashLoopGuard
 
@@ -40,7 +43,7 @@ class AgentCannotStartError(DaemonError):
     """The agent's command cannot be started at all."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(InvalidInputError):
     """A request the daemon refuses; the message goes back to the agent."""
 
 
@@ -103,7 +106,7 @@ class Session:
             if handler is None:
                 raise ProtocolError(f"unknown request type {kind!r}")
             value = await handler(request)
-        except ProtocolError as exc:
+        except InvalidInputError as exc:  # refused by the protocol or by daemon.limits
             return {"type": "error", "id": request_id, "error": str(exc)}
         except (ValueError, TypeError, DaemonError) as exc:
             if isinstance(exc, QueueClosedError):
@@ -118,19 +121,14 @@ class Session:
 
     async def _wait_for_tasks(self, r: dict[str, Any]) -> dict[str, str]:
         ids = _field(r, "taskIds", list, required=False)
-        task_ids = None if ids is None else [_uuid(t, "taskIds") for t in ids]
+        task_ids = None if ids is None else limits.task_ids(ids)
         statuses = await self.sup.wait_for_tasks(task_ids)
         return {str(k): str(v) for k, v in statuses.items()}
 
     async def _ask(self, r: dict[str, Any]) -> str:
-        choices = _field(r, "choices", list, required=False) or []
-        if not all(isinstance(c, str) for c in choices):
-            raise ProtocolError("'choices' must be a list of strings")
+        choices = limits.choices(_field(r, "choices", list, required=False))
         kind = _field(r, "questionType", str, required=False) or "general"
-        try:
-            question_type = QuestionType(kind)
-        except ValueError:
-            raise ProtocolError(f"unknown questionType {kind!r}") from None
+        question_type = limits.question_type(kind)
         answer: str = await self.sup.ask(
             _field(r, "question", str), choices=choices,
             context=_field(r, "context", str, required=False), question_type=question_type,

@@ -1,9 +1,16 @@
 """Question delivery: a log line, a NOTIFY and (when configured) a webhook POST.
 
 Every delivery carries the question id, so consumers can deduplicate: a question is
-delivered at least once when asked and again on every restoration. The webhook is
+delivered at least once when asked and again on every restoration. Delivery is best
+effort after the durable write: a NOTIFY that fails is logged (`question.notify_failed`)
+and never fails the question, which stays pending and answerable. The webhook is
 retried with exponential backoff (tenacity) in the background; it never blocks the
 supervisor that asked.
+
+The log line and the NOTIFY carry the ids and a bounded preview of the question, never
+the whole text: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more, and a
+question may hold 64 KiB and 50 choices of 4 KiB (daemon.limits). Sizes are measured
+on the encoded JSON, in bytes of UTF-8, whatever the script. The webhook gets it all.
 """
 
 from __future__ import annotations
@@ -17,14 +24,22 @@ from typing import Any
 import anyio
 import anyio.abc
 import asyncpg
+import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from daemon.errors import DaemonError
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.store import notify_question
 
 log = get_logger()
-NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
+# Bytes of encoded JSON. PostgreSQL's limit on a NOTIFY payload is 8,000 bytes; half of
+# it leaves room for anything a consumer or a later field may add.
+NOTIFY_MAX_BYTES = 4_000
+PREVIEW_QUESTION_BYTES = 1_000
+PREVIEW_CHOICE_BYTES = 100
+PREVIEW_CHOICES_BYTES = 1_000
+ELLIPSIS = "\u2026"
 
 
 def payload(
@@ -42,21 +57,65 @@ def payload(
     }
 
 
-def notify_payload(
-    supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool
-) -> dict[str, Any]:
-    """The NOTIFY payload: the webhook body, trimmed to fit PostgreSQL's 8,000 bytes."""
-    body = payload(supervisor_id, question, redelivery)
-    body["question"] = question.question[:NOTIFY_QUESTION_CHARS]
-    del body["context"]
-    return body
+def _json_size(text: str) -> int:
+    return len(orjson.dumps(text)) - 2  # the quotes
+
+
+def clip(text: str, budget: int) -> tuple[str, bool]:
+    """The longest prefix of `text` whose JSON encoding fits in `budget` bytes (an
+    ellipsis marks a cut), and whether it was cut."""
+    if len(text) * 6 <= budget or _json_size(text) <= budget:  # 6: the most per character
+        return text, False
+    budget -= len(ELLIPSIS.encode())
+    # The longest prefix of at most `budget` bytes of UTF-8; escapes (a control
+    # character takes 6 bytes of JSON) may still make it too long.
+    cut = text.encode()[:budget].decode(errors="ignore")
+    while (size := _json_size(cut)) > budget:
+        # Too long by `size - budget` bytes, and no character takes more than 6.
+        cut = cut[: len(cut) - max(1, (size - budget + 5) // 6)]
+    return cut + ELLIPSIS, True
+
+
+def preview(question: PendingQuestion) -> dict[str, Any]:
+    """The question and its choices, clipped to a bounded size; `truncated` tells."""
+    text, truncated = clip(question.question, PREVIEW_QUESTION_BYTES)
+    choices: list[str] = []
+    left = PREVIEW_CHOICES_BYTES
+    for choice in question.choices:
+        shown, cut = clip(choice, PREVIEW_CHOICE_BYTES)
+        left -= _json_size(shown) + 3  # quotes and comma
+        if left < 0:
+            truncated = True
+            break
+        choices.append(shown)
+        truncated = truncated or cut
+    return {"question": text, "choices": choices, "truncated": truncated}
+
+
+def notify_body(supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool) -> str:
+    """The NOTIFY payload: ids, type, and a preview of the question (no context); at
+    most NOTIFY_MAX_BYTES bytes. `truncated` says whether the preview is the whole
+    question; the whole one is in supervisor_states, found by its id."""
+    body = {
+        "supervisorId": str(supervisor_id),
+        "questionId": str(question.id),
+        "questionType": question.question_type.value,
+        "redelivery": redelivery,
+        **preview(question),
+    }
+    encoded = orjson.dumps(body)
+    if len(encoded) > NOTIFY_MAX_BYTES:  # cannot happen with the budgets above
+        body.update(question="", choices=[], truncated=True)
+        encoded = orjson.dumps(body)
+    return encoded.decode()
 
 
 def log_delivered(supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool) -> None:
+    shown = preview(question)
     log.info("question.delivered", supervisor_id=str(supervisor_id),
-             question_id=str(question.id), question=question.question,
-             choices=list(question.choices), question_type=question.question_type.value,
-             redelivery=redelivery)  # fmt: skip
+             question_id=str(question.id), question=shown["question"],
+             choices=shown["choices"], truncated=shown["truncated"],
+             question_type=question.question_type.value, redelivery=redelivery)  # fmt: skip
 
 
 class Delivery:
@@ -76,11 +135,14 @@ class Delivery:
     async def deliver(
         self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool = False
     ) -> None:
-        """A question just asked: log line, NOTIFY, webhook."""
+        """A question just asked (and recorded): log line, NOTIFY, webhook. Never raises
+        for a failed delivery: the question is pending all the same."""
         log_delivered(supervisor_id, question, redelivery)
-        await notify_question(
-            self._pool, json.dumps(notify_payload(supervisor_id, question, redelivery))
-        )
+        try:
+            await notify_question(self._pool, notify_body(supervisor_id, question, redelivery))
+        except DaemonError as exc:
+            log.warning("question.notify_failed", supervisor_id=str(supervisor_id),
+                        question_id=str(question.id), error=str(exc))  # fmt: skip
         self.webhook(supervisor_id, question, redelivery=redelivery)
 
     def webhook(

@@ -3,8 +3,10 @@
 Claim (one statement), then per chunk of supervisors: load rows, tasks and unapplied
 answers (three statements), the checkpoints of the invalid ones (one more, only when
 some are invalid), decide each supervisor's outcome (daemon.restoration, pure), and
-write all outcomes, applied answers and question redeliveries in one transaction.
-One supervisor's failure is its own outcome; it never stops the others.
+write all outcomes and applied answers in one transaction. The redelivered questions'
+NOTIFYs follow the commit, best effort: one that fails is logged and fails nothing.
+One supervisor's failure is its own outcome; it never stops the others, and a value
+the JSON decoder refuses is such a failure (daemon.jsonvalues: it parks that one).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import anyio
 import anyio.abc
 import asyncpg
 
+from daemon.errors import DaemonError
 from daemon.logs import get_logger
 from daemon.models import RestorationSource
 from daemon.restoration import (
@@ -30,7 +33,7 @@ from daemon.restoration import (
     plan_safely,
     validate,
 )
-from daemon.runtime.delivery import log_delivered, notify_payload
+from daemon.runtime.delivery import log_delivered, notify_body
 from daemon.store import RestorationStore
 
 log = get_logger()
@@ -187,10 +190,15 @@ class _Write:
     async def run(self, store: RestorationStore) -> None:
         results = self.results
         self.written = await store.write(
-            [r.write for r in results],
-            [qid for r in results for qid in r.applied_answers],
-            _notifications(results),
+            [r.write for r in results], [qid for r in results for qid in r.applied_answers]
         )
+        bodies = _notifications([r for r in results if r.supervisor_id in self.written])
+        if bodies:
+            try:
+                await store.notify_questions(bodies)
+            except DaemonError as exc:
+                # Restored all the same: the questions are pending, and were logged.
+                log.warning("question.notify_failed", questions=len(bodies), error=str(exc))
         self.done.set()
 
 
@@ -230,9 +238,9 @@ async def _decide_chunk(
     return results
 
 
-def _notifications(results: Sequence[RestorationOutcome]) -> list[dict[str, Any]]:
+def _notifications(results: Sequence[RestorationOutcome]) -> list[str]:
     return [
-        notify_payload(result.supervisor_id, question, redelivery=True)
+        notify_body(result.supervisor_id, question, redelivery=True)
         for result in results
         for question in result.redeliver
     ]

@@ -3,7 +3,8 @@
 Every call that changes state goes through the persistence queue and returns once it
 is durable (progress and heartbeats excepted: they are coalesced). Events carry the
 supervisor's ownership epoch, so a daemon that lost the supervisor cannot write over
-its new owner.
+its new owner. Arguments are checked before anything is recorded (daemon.limits): a bad
+one raises InvalidInputError (a ValueError) and leaves the supervisor as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon import events
+from daemon import events, limits
 from daemon.models import (
     PendingQuestion,
     QuestionType,
@@ -74,7 +75,7 @@ class Supervisor:
         self, task_ids: Sequence[uuid.UUID] | None = None
     ) -> dict[uuid.UUID, str]:
         """Wait until the tasks (default: every awaited one) finished; their statuses."""
-        ids = list(self.state.pending_task_ids if task_ids is None else task_ids)
+        ids = list(self.state.pending_task_ids) if task_ids is None else limits.task_ids(task_ids)
         if not ids:
             return {}
         await self.set_state(SupervisorStateKind.WAITING_FOR_TASKS)
@@ -94,10 +95,12 @@ class Supervisor:
         context: str | None = None,
         question_type: QuestionType = QuestionType.GENERAL,
     ) -> str:
-        """Ask a person; return their answer. Durable before it is delivered."""
+        """Ask a person; return their answer. Durable before it is delivered; delivery is
+        best effort (a failed NOTIFY is logged, the question stays pending)."""
         pending = PendingQuestion(
-            id=uuid.uuid4(), question=question, choices=tuple(choices), context=context,
-            question_type=question_type, asked_at=datetime.now(UTC),
+            id=uuid.uuid4(), question=question, choices=limits.choices(choices),
+            context=context, question_type=limits.question_type(question_type),
+            asked_at=datetime.now(UTC),
         )  # fmt: skip
         await self._submit(events.question_asked(self.id, pending, epoch=self._epoch))
         self.state = self.state.evolve(

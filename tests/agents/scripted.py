@@ -3,6 +3,9 @@
 `scripted.py work`: sends garbage, then walks a contract and completes.
 `scripted.py die-once`: on `start` reports its pid and waits to be killed; on
 `restoration` records the message it got and completes.
+`scripted.py bad-spec`: sends a spawn_task whose spec the daemon must refuse, records
+the reply it got, then runs a good task and completes.
+`scripted.py ask`: asks one question and completes with the answer as its activity.
 """
 
 from __future__ import annotations
@@ -69,3 +72,14 @@ elif mode == "die-once":
     else:
         call("append_message", message={"restoration": first["context"]})
         call("complete")
+elif mode == "bad-spec":
+    send({"id": "bad", "type": "spawn_task", "spec": {"command": "true", "timeoutS": "x"}})
+    reply = receive()
+    call("append_message", message={"reply": reply})
+    task = call("spawn_task", spec={"command": "echo fine"})
+    call("wait_for_tasks", taskIds=[task])
+    call("complete")
+elif mode == "ask":
+    answer = call("ask", question="Still there?", choices=["yes", "no"])
+    call("report_activity", activity=f"answer was {answer}")
+    call("complete")

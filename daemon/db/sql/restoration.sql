@@ -79,6 +79,6 @@ UPDATE question_answers SET applied_at = now()
 WHERE question_id = ANY ($1::uuid[]) AND applied_at IS NULL
 
 -- notify_questions --
--- Deliver questions on the supervisor_questions channel, one NOTIFY each (sent at commit)
-SELECT count(pg_notify('supervisor_questions', q::text))
-FROM jsonb_array_elements($1::text::jsonb) AS q
+-- Redeliver questions on the questions channel ($1, see store.QUESTIONS_CHANNEL), one NOTIFY per JSON body of $2, as they are
+SELECT count(pg_notify($1, body))
+FROM unnest($2::text[]) AS body
