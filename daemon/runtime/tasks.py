@@ -20,6 +20,7 @@ import anyio.abc
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
 from daemon.models import TaskStatus
+from daemon.runtime.environment import child_environment
 from daemon.store import WorkStore
 
 log = get_logger()
@@ -34,11 +35,20 @@ class TaskRunner:
         self._tg = tg
         self._timeout_s = timeout_s
 
-    def start(self, task_id: uuid.UUID, spec: Any) -> bool:
+    def start(
+        self,
+        task_id: uuid.UUID,
+        spec: Any,
+        *,
+        supervisor_id: uuid.UUID | None = None,
+        contract_id: uuid.UUID | None = None,
+    ) -> bool:
         """Run `spec` when it is a command task; False when it is not ours to run."""
         if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
             return False
-        self._tg.start_soon(self._run, task_id, spec)
+        ids = {"TASK_ID": task_id, "SUPERVISOR_ID": supervisor_id, "CONTRACT_ID": contract_id}
+        env = child_environment({name: str(value) for name, value in ids.items() if value})
+        self._tg.start_soon(self._run, task_id, spec, env)
         return True
 
     async def resume(self, daemon_id: str, *, supervisors: set[uuid.UUID] | None = None) -> None:
@@ -59,9 +69,10 @@ class TaskRunner:
                     supervisor_id=str(row["supervisor_id"]),
                 )
                 continue
-            self.start(row["id"], spec)
+            self.start(row["id"], spec, supervisor_id=row["supervisor_id"],
+                       contract_id=row["contract_id"])  # fmt: skip
 
-    async def _run(self, task_id: uuid.UUID, spec: dict[str, Any]) -> None:
+    async def _run(self, task_id: uuid.UUID, spec: dict[str, Any], env: dict[str, str]) -> None:
         tlog = log.bind(task_id=str(task_id))
         try:
             await self._store.set_task_status(task_id, TaskStatus.RUNNING)
@@ -71,7 +82,7 @@ class TaskRunner:
             with anyio.move_on_after(timeout) as scope:
                 done = await anyio.run_process(
                     ["/bin/sh", "-c", spec["command"]], check=False,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                 )  # fmt: skip
             if scope.cancelled_caught:
                 status, result = TaskStatus.FAILED, {"error": f"timed out after {timeout} s"}
