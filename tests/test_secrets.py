@@ -3,12 +3,16 @@ PostgreSQL, what the data directory lets others see, and where the webhook goes.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import socket
 import stat
 import sys
+import threading
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,8 +23,9 @@ import pytest
 
 from daemon.config import ensure_data_dir
 from daemon.models import SupervisorStateKind
+from daemon.runtime.delivery import WEBHOOK_CONCURRENCY, Delivery
 from daemon.store import Store
-from tests.factories import new_state
+from tests.factories import new_question, new_state
 from tests.test_cli import run_cli
 from tests.test_daemon import _read_until, daemon_process
 
@@ -114,3 +119,138 @@ def test_an_open_data_dir_of_someone_else_is_refused_with_78(dsn: str, tmp_path:
     assert f"data directory {data_dir} is open to other users (mode 0755)" in result.stderr
     assert "chmod 700" in result.stderr
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o755  # not ours to change
+
+
+# -- the webhook ----------------------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 in a thread, recording what reaches it.
+
+    `/hook` answers 204, `/moved` a 302 to `/hook`; with `hold` set, each request waits
+    for `release` (counting how many are in flight at once). As a proxy it sees the
+    absolute URL in the request line, which it records as the path.
+    """
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.in_flight = self.most_in_flight = 0
+        self.release = threading.Event()
+        self.hold = hold
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with lock:
+                    receiver.requests.append((self.command, self.path))
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
+                if receiver.hold:
+                    receiver.release.wait(30)
+                with lock:
+                    receiver.in_flight -= 1
+                if self.path.endswith("/moved"):
+                    self.send_response(302)
+                    self.send_header("Location", "/hook")
+                else:
+                    self.send_response(204)
+                self.end_headers()
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self) -> Receiver:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def _deliver(delivery: Delivery, count: int = 1) -> list[uuid.UUID]:
+    questions = [new_question() for _ in range(count)]
+    for question in questions:
+        delivery.webhook(uuid.uuid4(), question, redelivery=False)
+    return [question.id for question in questions]
+
+
+async def test_a_webhook_redirect_is_not_followed(
+    pool: asyncpg.Pool[Any], captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    with Receiver() as receiver:
+        async with anyio.create_task_group() as tg:
+            delivery = Delivery(pool, tg, webhook_url=f"{receiver.url}/moved", attempts=3)
+            (question_id,) = await _deliver(delivery)
+    assert receiver.requests == [("POST", "/moved")]  # nothing went to /hook
+    (failed,) = [line for line in captured_logs if line["event"] == "question.webhook_failed"]
+    assert failed["question_id"] == str(question_id)
+    assert "HTTP 302" in failed["error"]
+    assert "not followed" in failed["error"]
+    assert failed["attempts"] == 1  # a redirect is not retried: it will not change
+    assert not [line for line in captured_logs if line["event"] == "question.webhook_delivered"]
+
+
+async def test_proxy_variables_are_ignored_unless_configured(
+    pool: asyncpg.Pool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    captured_logs: list[MutableMapping[str, Any]],
+) -> None:
+    for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    dead = f"http://127.0.0.1:{_dead_port()}"
+    monkeypatch.setenv("http_proxy", dead)
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    with Receiver() as receiver:
+        async with anyio.create_task_group() as tg:
+            await _deliver(Delivery(pool, tg, webhook_url=f"{receiver.url}/hook", attempts=2))
+    assert receiver.requests == [("POST", "/hook")]
+    assert not [line for line in captured_logs if line["event"] == "question.webhook_failed"]
+
+    # Configured to use it, the proxy of the environment is used.
+    with Receiver() as target, Receiver() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        async with anyio.create_task_group() as tg:
+            delivery = Delivery(pool, tg, webhook_url=f"{target.url}/hook", use_proxy=True)
+            await _deliver(delivery)
+    assert target.requests == []
+    assert proxy.requests == [("POST", f"{target.url}/hook")]
+
+
+async def test_webhook_deliveries_run_a_bounded_number_at_once(pool: asyncpg.Pool[Any]) -> None:
+    count, bound = 12, WEBHOOK_CONCURRENCY
+    with Receiver(hold=True) as receiver:
+        async with anyio.create_task_group() as tg:
+            delivery = Delivery(pool, tg, webhook_url=f"{receiver.url}/hook")
+            await _deliver(delivery, count)
+            # Every delivery is either at the receiver or waiting for a slot: nothing
+            # else can start until some finish.
+            with anyio.fail_after(20):
+                while not (
+                    receiver.in_flight >= bound
+                    and delivery.limiter.statistics().tasks_waiting == count - bound
+                ):
+                    await anyio.sleep(0.01)
+            assert receiver.in_flight == bound
+            receiver.release.set()
+    assert len(receiver.requests) == count
+    assert receiver.most_in_flight == bound

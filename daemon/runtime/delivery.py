@@ -3,7 +3,11 @@
 Every delivery carries the question id, so consumers can deduplicate: a question is
 delivered at least once when asked and again on every restoration. The webhook is
 retried with exponential backoff (tenacity) in the background; it never blocks the
-supervisor that asked.
+supervisor that asked. It goes to the configured URL and nowhere else: a redirect is
+not followed (it fails the delivery), the proxy variables of the environment are
+ignored unless `webhook_use_proxy` is set, and at most WEBHOOK_CONCURRENCY POSTs run at
+once, so a restoration redelivering thousands of questions neither floods the
+receiver nor takes every worker thread.
 """
 
 from __future__ import annotations
@@ -17,13 +21,20 @@ from typing import Any
 import anyio
 import anyio.abc
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.store import notify_question
 
 log = get_logger()
+WEBHOOK_CONCURRENCY = 4
 NOTIFY_QUESTION_CHARS = 2_000  # a NOTIFY payload must stay under 8,000 bytes
 
 
@@ -59,6 +70,21 @@ def log_delivered(supervisor_id: uuid.UUID, question: PendingQuestion, redeliver
              redelivery=redelivery)  # fmt: skip
 
 
+class WebhookRedirectError(OSError):
+    """The webhook answered with a redirect: not followed, and not worth retrying."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+def webhook_opener(*, use_proxy: bool) -> urllib.request.OpenerDirector:
+    """An opener that follows no redirect and, unless `use_proxy`, uses no proxy."""
+    proxies = urllib.request.ProxyHandler() if use_proxy else urllib.request.ProxyHandler({})
+    return urllib.request.build_opener(_RefuseRedirects, proxies)
+
+
 class Delivery:
     def __init__(
         self,
@@ -66,12 +92,17 @@ class Delivery:
         tg: anyio.abc.TaskGroup,
         *,
         webhook_url: str | None = None,
+        use_proxy: bool = False,
         attempts: int = 8,
+        concurrency: int = WEBHOOK_CONCURRENCY,
     ) -> None:
         self._pool = pool
         self._tg = tg
         self._webhook_url = webhook_url
         self._attempts = attempts
+        self._opener = webhook_opener(use_proxy=use_proxy)
+        # POSTs waiting for a slot wait here, not in anyio's shared thread pool.
+        self.limiter = anyio.CapacityLimiter(concurrency)
 
     async def deliver(
         self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool = False
@@ -108,27 +139,35 @@ class Delivery:
                 url, data=data, method="POST", headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                with self._opener.open(request, timeout=10) as response:
                     response.read()
             except urllib.error.HTTPError as exc:
                 exc.close()  # it holds the response open
+                if 300 <= exc.code < 400:
+                    raise WebhookRedirectError(
+                        f"webhook answered HTTP {exc.code} (a redirect, not followed:"
+                        " configure the URL it points to)"
+                    ) from None
                 raise OSError(f"webhook answered HTTP {exc.code}") from None
 
+        tries = 0
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(OSError),
+                retry=retry_if_exception_type(OSError)
+                & retry_if_not_exception_type(WebhookRedirectError),
                 wait=wait_exponential(multiplier=0.5, max=30),
                 stop=stop_after_attempt(self._attempts),
                 reraise=True,
             ):
                 with attempt:
-                    await anyio.to_thread.run_sync(send)
+                    tries = attempt.retry_state.attempt_number
+                    await anyio.to_thread.run_sync(send, limiter=self.limiter)
         except OSError as exc:
             log.error(
                 "question.webhook_failed",
                 question_id=body["questionId"],
                 error=str(exc),
-                attempts=self._attempts,
+                attempts=tries,
             )
         else:
             log.info("question.webhook_delivered", question_id=body["questionId"])
