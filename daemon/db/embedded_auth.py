@@ -180,7 +180,7 @@ async def _connect_with(dsn: str, data_dir: Path) -> Any:
     except ConfigError as exc:
         raise ConfigError(
             f"{exc}; the password is the one in {password_file(data_dir)} (if it was lost,"
-            " see `Embedded PostgreSQL` in README.md)"
+            ' see "The embedded PostgreSQL" in README.md)'
         ) from None
 
 
