@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import stat
 import tomllib
 import uuid
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.errors import ConfigError
+from daemon.logs import get_logger
+from daemon.runtime.environment import check_name
 
 ENV_PREFIX = "SUPERVISOR_DAEMON_"
 LOG_FORMATS = ("auto", "json", "console")
@@ -65,6 +68,12 @@ class Settings:
     poll_interval_s: float = 1.0
     task_timeout_s: float = 600.0
     webhook_url: str | None = None
+    # The webhook goes straight to its URL unless told to use the proxy of the
+    # environment (http_proxy, https_proxy, no_proxy).
+    webhook_use_proxy: bool = False
+    # Variables of the daemon's environment that command agents and task commands get
+    # beyond the basics (PATH, HOME, locale...): names, or prefixes ending in `*`.
+    agent_env: tuple[str, ...] = ()
     # host:port to serve Prometheus metrics on (/metrics); unset: no metrics server.
     metrics_address: tuple[str, int] | None = None
 
@@ -102,6 +111,23 @@ def _webhook_url(value: Any) -> str | None:
     if urlsplit(text).scheme not in ("http", "https"):
         raise ValueError("must be an http:// or https:// URL")
     return text
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    # A comma-separated string (environment) or a list of strings (TOML).
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(check_name(str(item).strip()) for item in items if str(item).strip())
 
 
 def _address(value: Any) -> tuple[str, int] | None:
@@ -164,6 +190,8 @@ _CONVERTERS: dict[str, Any] = {
     "poll_interval_s": _positive_float,
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,
+    "webhook_use_proxy": _boolean,
+    "agent_env": _names,
     "metrics_address": _address,
 }
 
@@ -256,10 +284,34 @@ def resolve_daemon_id(settings: Settings) -> str:
 
 
 def ensure_data_dir(path: Path) -> None:
-    """Create the data directory with mode 0700 when missing; fail clearly otherwise."""
+    """Create the data directory with mode 0700 when missing; fail clearly otherwise.
+
+    It holds the embedded server's password and files, so group and others may not
+    list, read or write in it: an existing directory that lets them is tightened when
+    it is ours, and refused when it is not (we cannot, and should not, change it).
+    Run as root, others may still traverse it (mode 0711): the embedded server then
+    runs as its own OS user, which must reach `pgdata/` inside (see db/embedded.py).
+    """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"data directory {path} cannot be created: {exc.strerror}") from None
     if not path.is_dir():
         raise ConfigError(f"data directory {path} is not a directory")
+    status = path.stat()
+    mode = stat.S_IMODE(status.st_mode)
+    loose = mode & (0o066 if os.geteuid() == 0 else 0o077)
+    if not loose:
+        return
+    if status.st_uid != os.geteuid():
+        raise ConfigError(
+            f"data directory {path} is open to other users (mode {mode:04o}) and belongs to"
+            f" another user (uid {status.st_uid}); make it private (chmod 700 {path})"
+            " or choose another directory"
+        )
+    try:
+        path.chmod(mode & ~loose)
+    except OSError as exc:
+        raise ConfigError(f"data directory {path} cannot be made private: {exc.strerror}") from None
+    get_logger().warning("data_dir.tightened", path=str(path), was=f"{mode:04o}",
+                         now=f"{mode & ~loose:04o}")  # fmt: skip

@@ -3,14 +3,19 @@
 Every line carries `event`, `level`, an ISO-8601 UTC `timestamp` and the `daemon_id`.
 Logs go to stderr so that CLI output on stdout stays machine-readable; journald takes
 both. Secrets (database passwords) are registered here and masked in every value of
-every line, exceptions included, as the very last step before rendering.
+every line, exceptions included, just before rendering: on the values themselves, since
+a renderer escapes what it prints (JSON turns `"` into `\\"`) and a secret holding such a
+character would no longer be found in the rendered line.
 """
 
 from __future__ import annotations
 
+import datetime
+import enum
 import logging
 import re
 import sys
+import uuid
 from typing import Any, TextIO
 
 import orjson
@@ -31,16 +36,32 @@ _URL_PASSWORD = re.compile(
 # libpq key=value form: password=SECRET
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.IGNORECASE)
 
-_MAY_HOLD_SECRET = re.compile(r"://|password", re.IGNORECASE)
+# Values that cannot hold a secret, rendered as they are.
+_PLAIN = (
+    int, float, type(None), enum.Enum, uuid.UUID, datetime.date, datetime.time,
+    datetime.timedelta,
+)  # fmt: skip
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()  # longest first, so a longer secret is masked whole
 _daemon_id: str | None = None
 
 
 def register_secret(value: str | None) -> None:
     """Mask `value` wherever it appears in a log line from now on."""
-    if value:
-        _secrets.add(value)
+    global _secrets  # noqa: PLW0603 - set on the rare registration, read on every line
+    if value and value not in _secrets:
+        _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
+
+
+def _may_hold_secret(text: str) -> bool:
+    # The fast path: most text holds neither a URL, nor the word password, nor a
+    # registered secret. Plain `in` tests beat one regular expression here.
+    return "://" in text or "password" in text.lower() or any(s in text for s in _secrets)
+
+
+def holds_secret(text: str) -> bool:
+    """Whether `text` contains a registered secret."""
+    return any(secret in text for secret in _secrets)
 
 
 def set_daemon_id(daemon_id: str) -> None:
@@ -50,13 +71,7 @@ def set_daemon_id(daemon_id: str) -> None:
 
 def redact(text: str) -> str:
     """`text` with URL passwords, password=... pairs and registered secrets masked."""
-    # Fast path: most log values hold neither a URL nor the word password.
-    lowered = text.lower()
-    if (
-        "://" not in text
-        and "password" not in lowered
-        and not any(secret in text for secret in _secrets)
-    ):
+    if not _may_hold_secret(text):
         return text
     text = _URL_PASSWORD.sub(lambda m: m["head"] + (_MASK if m["secret"] else ""), text)
     text = _KV_PASSWORD.sub(lambda m: m["head"] + _MASK, text)
@@ -65,16 +80,42 @@ def redact(text: str) -> str:
     return text
 
 
+def _redact_value(value: Any) -> Any:
+    """`value` with every string in it redacted, through dicts, lists and tuples."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(item) for item in value]
+    # Anything else is printed through str() by the JSON renderer (repr() by the
+    # console's): its text is what could hold a secret, so the text is what goes on.
+    return redact(str(value))
+
+
 def _add_daemon_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     if _daemon_id is not None:
         event_dict.setdefault("daemon_id", _daemon_id)
     return event_dict
 
 
-def _redact_line(_: WrappedLogger, __: str, line: Any) -> Any:
-    # After rendering: one pass over the finished line (exceptions included) costs less
-    # than one per value, and misses nothing a value could hold.
-    return redact(line) if isinstance(line, str) else line
+def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    # One test over all the line's strings at once (a line is a few short strings):
+    # cheaper than one per value, and a value that holds a secret holds it in the join.
+    strings: list[str] = []
+    for value in event_dict.values():
+        if type(value) is str:
+            strings.append(value)
+        elif not isinstance(value, _PLAIN):
+            break  # a nested or unusual value: the thorough path
+    else:
+        if not _may_hold_secret("\0".join(strings)):
+            return event_dict
+    for key, value in event_dict.items():
+        event_dict[key] = _redact_value(value)
+    return event_dict
 
 
 def _dumps(value: Any, **_: Any) -> str:
@@ -99,13 +140,13 @@ def configure(
         if use_console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
-    # Exceptions are rendered to text before the line is, so that a password inside
-    # an exception message is masked too.
+    # Exceptions are rendered to text first, so that a password inside an exception
+    # message is masked too; masking comes last before the renderer.
     processors: list[Processor] = [
         *shared,
         structlog.processors.format_exc_info,
+        _redact_values,
         renderer,
-        _redact_line,
     ]
     structlog.configure(
         processors=processors,

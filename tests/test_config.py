@@ -81,3 +81,25 @@ def test_generated_daemon_id_is_stable(tmp_path: Path) -> None:
         )
         == "d-7"
     )
+
+
+def test_agent_env_names_variables_and_never_the_daemons_secrets(tmp_path: Path) -> None:
+    settings = load_settings({"SUPERVISOR_DAEMON_AGENT_ENV": " OPENAI_API_KEY, AWS_* ,,"})
+    assert settings.agent_env == ("OPENAI_API_KEY", "AWS_*")
+    toml = tmp_path / "daemon.toml"
+    toml.write_text('agent_env = ["GIT_AUTHOR_NAME"]\nwebhook_use_proxy = true\n')
+    from_file = load_settings({}, config_file=toml)
+    assert (from_file.agent_env, from_file.webhook_use_proxy) == (("GIT_AUTHOR_NAME",), True)
+    assert load_settings({}).webhook_use_proxy is False
+    for bad, message in [
+        ("SUPERVISOR_DAEMON_DATABASE_URL", "the daemon's own settings"),
+        ("supervisor_daemon_*", "the daemon's own settings"),
+        ("PGPASSWORD", "database password"),
+        ("1ABC", "not a variable name"),
+        ("A B", "not a variable name"),
+        ("*", "not a variable name"),
+    ]:
+        with pytest.raises(ConfigError, match=f"SUPERVISOR_DAEMON_AGENT_ENV .*{message}"):
+            load_settings({"SUPERVISOR_DAEMON_AGENT_ENV": bad})
+    with pytest.raises(ConfigError, match="WEBHOOK_USE_PROXY must be true or false"):
+        load_settings({"SUPERVISOR_DAEMON_WEBHOOK_USE_PROXY": "maybe"})

@@ -191,7 +191,7 @@ class _Accepting:
     async def wait_tasks(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
         return {}
 
-    def start(self, task_id: uuid.UUID, spec: Any) -> bool:
+    def start(self, task_id: uuid.UUID, spec: Any, **_ids: uuid.UUID) -> bool:
         try:
             return limits.command_spec(spec) is not None
         except InvalidInputError as exc:  # (an AssertionError is no reply: it escapes)

@@ -75,3 +75,48 @@ def test_console_format_also_redacts() -> None:
         structlog.reset_defaults()
     assert "pw-console" not in out.getvalue()
     assert "db.connect" in out.getvalue()
+
+
+# A password a JSON renderer escapes (`"` becomes `\"`, `\` becomes `\\`): masking after
+# rendering would look for the raw text in the escaped line and miss it.
+AWKWARD = "pa\"ss\\wo'rd-42"
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_password_with_quotes_and_backslashes_is_masked(log_format: str) -> None:
+    out = io.StringIO()
+    logs.configure(log_format=log_format, level="info", stream=out)
+    logs.register_secret(AWKWARD)
+    log = logs.get_logger()
+    try:
+        log.info("plain", note=f"the password is {AWKWARD}")
+        log.info("nested", detail={"attempts": [{"dsn": f"host=h dbname={AWKWARD}"}], "n": 1})
+        log.info("tuple", pair=("ok", AWKWARD))
+        log.info("object", error=ConnectionError(f"refused {AWKWARD}"))
+        try:
+            raise ConnectionError(f"could not connect with {AWKWARD}")
+        except ConnectionError:
+            log.exception("failed")
+    finally:
+        structlog.reset_defaults()
+    text = out.getvalue()
+    escaped = json.dumps(AWKWARD)[1:-1]
+    for form in (AWKWARD, escaped, repr(AWKWARD)[1:-1], "pa\\", 'pa"ss', "wo'rd"):
+        assert form not in text, (form, text)
+    assert text.count("***") >= 5
+    if log_format == "json":
+        lines = _lines(out)
+        assert lines[1]["detail"] == {"attempts": [{"dsn": "host=h dbname=***"}], "n": 1}
+        assert lines[2]["pair"] == ["ok", "***"]
+        assert lines[3]["error"] == "refused ***"
+
+
+def test_values_without_secrets_render_as_before(stream: io.StringIO) -> None:
+    import uuid
+
+    ident = uuid.uuid4()
+    logs.get_logger().info("plain", n=3, ok=True, ratio=0.5, id=ident, none=None, items=[1, "a"])
+    (line,) = _lines(stream)
+    assert (line["n"], line["ok"], line["ratio"], line["id"], line["none"], line["items"]) == (
+        3, True, 0.5, str(ident), None, [1, "a"]
+    )  # fmt: skip

@@ -96,8 +96,15 @@ async def test_command_tasks_run_with_their_outcome(pool: asyncpg.Pool[Any], sto
     async with anyio.create_task_group() as tg:
         runner = TaskRunner(WorkStore(pool), tg)
         for task in (ok, bad, slow):
-            assert runner.start(task.id, task.spec)
-        assert not runner.start(uuid.uuid4(), {"kind": "external"})
+            assert runner.start(
+                task.id, task.spec, supervisor_id=state.id, contract_id=state.contract_id
+            )
+        assert not runner.start(
+            uuid.uuid4(),
+            {"kind": "external"},
+            supervisor_id=state.id,
+            contract_id=state.contract_id,
+        )
     ok_row, bad_row, slow_row = [await _task_row(pool, t.id) for t in (ok, bad, slow)]
     assert ok_row["status"] == "succeeded"
     assert ok_row["result"] == {"exitCode": 0, "outputTail": "hello\nworld\n"}

@@ -21,7 +21,7 @@ from tenacity import (
 )
 
 from daemon.config import Settings
-from daemon.db import embedded
+from daemon.db import embedded, embedded_auth
 from daemon.db.pool import connect, create_pool
 from daemon.errors import DatabaseUnavailableError, map_db_errors
 from daemon.logs import get_logger, register_secret
@@ -35,10 +35,13 @@ class Database:
 
 
 def register_dsn_secret(dsn: str) -> None:
-    from urllib.parse import urlsplit  # noqa: PLC0415
+    from urllib.parse import unquote, urlsplit  # noqa: PLC0415
 
     with contextlib.suppress(ValueError):
-        register_secret(urlsplit(dsn).password)
+        password = urlsplit(dsn).password
+        register_secret(password)
+        # asyncpg decodes %XX escapes: the decoded form may be what an error echoes.
+        register_secret(unquote(password or ""))
 
 
 async def resolve_dsn(settings: Settings) -> tuple[str, bool]:
@@ -47,8 +50,11 @@ async def resolve_dsn(settings: Settings) -> tuple[str, bool]:
         register_dsn_secret(settings.database_url)
         return settings.database_url, False
     handle = embedded.start(settings.data_dir)
-    await ensure_database(embedded.database_url(handle, "postgres"), embedded.DATABASE_NAME)
-    return embedded.database_url(handle), True
+    pgdata = embedded.pgdata_dir(settings.data_dir)
+    password = await embedded_auth.require_password(handle, settings.data_dir, pgdata)
+    admin_dsn = embedded_auth.with_password(embedded.database_url(handle, "postgres"), password)
+    await ensure_database(admin_dsn, embedded.DATABASE_NAME)
+    return embedded_auth.with_password(embedded.database_url(handle), password), True
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

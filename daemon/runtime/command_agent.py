@@ -16,7 +16,6 @@ The agent's stderr is logged line by line (`agent.stderr`).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -33,6 +32,7 @@ from daemon.logs import get_logger
 from daemon.models import PHASES, TERMINAL_STATES
 from daemon.queue import QueueClosedError
 from daemon.restoration import CrashLoopGuard
+from daemon.runtime.environment import child_environment
 
 log = get_logger()
 MAX_LINE = 1 << 20  # bytes; a longer line is refused with an error reply
@@ -227,8 +227,9 @@ class CommandAgent:
         }  # fmt: skip
 
     async def _run_once(self, sup: Any, first: dict[str, Any], slog: Any) -> int | None:
-        env = {**os.environ, "SUPERVISOR_ID": str(sup.id),
-               "CONTRACT_ID": str(sup.state.contract_id)}  # fmt: skip
+        # Scrubbed: the agent gets no database URL, password or daemon setting.
+        env = child_environment({"SUPERVISOR_ID": str(sup.id),
+                                 "CONTRACT_ID": str(sup.state.contract_id)})  # fmt: skip
         try:
             process = await anyio.open_process(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -11,6 +11,11 @@ The log line and the NOTIFY carry the ids and a bounded preview of the question,
 the whole text: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more, and a
 question may hold 64 KiB and 50 choices of 4 KiB (daemon.limits). Sizes are measured
 on the encoded JSON, in bytes of UTF-8, whatever the script. The webhook gets it all.
+It goes to the configured URL and nowhere else: a redirect is
+not followed (it fails the delivery), the proxy variables of the environment are
+ignored unless `webhook_use_proxy` is set, and at most WEBHOOK_CONCURRENCY POSTs run at
+once, so a restoration redelivering thousands of questions neither floods the
+receiver nor takes every worker thread.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ import anyio
 import anyio.abc
 import asyncpg
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
@@ -40,6 +51,7 @@ PREVIEW_QUESTION_BYTES = 1_000
 PREVIEW_CHOICE_BYTES = 100
 PREVIEW_CHOICES_BYTES = 1_000
 ELLIPSIS = "\u2026"
+WEBHOOK_CONCURRENCY = 4
 
 
 def payload(
@@ -118,6 +130,21 @@ def log_delivered(supervisor_id: uuid.UUID, question: PendingQuestion, redeliver
              question_type=question.question_type.value, redelivery=redelivery)  # fmt: skip
 
 
+class WebhookRedirectError(OSError):
+    """The webhook answered with a redirect: not followed, and not worth retrying."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+def webhook_opener(*, use_proxy: bool) -> urllib.request.OpenerDirector:
+    """An opener that follows no redirect and, unless `use_proxy`, uses no proxy."""
+    proxies = urllib.request.ProxyHandler() if use_proxy else urllib.request.ProxyHandler({})
+    return urllib.request.build_opener(_RefuseRedirects, proxies)
+
+
 class Delivery:
     def __init__(
         self,
@@ -125,12 +152,17 @@ class Delivery:
         tg: anyio.abc.TaskGroup,
         *,
         webhook_url: str | None = None,
+        use_proxy: bool = False,
         attempts: int = 8,
+        concurrency: int = WEBHOOK_CONCURRENCY,
     ) -> None:
         self._pool = pool
         self._tg = tg
         self._webhook_url = webhook_url
         self._attempts = attempts
+        self._opener = webhook_opener(use_proxy=use_proxy)
+        # POSTs waiting for a slot wait here, not in anyio's shared thread pool.
+        self.limiter = anyio.CapacityLimiter(concurrency)
 
     async def deliver(
         self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool = False
@@ -170,27 +202,35 @@ class Delivery:
                 url, data=data, method="POST", headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                with self._opener.open(request, timeout=10) as response:
                     response.read()
             except urllib.error.HTTPError as exc:
                 exc.close()  # it holds the response open
+                if 300 <= exc.code < 400:
+                    raise WebhookRedirectError(
+                        f"webhook answered HTTP {exc.code} (a redirect, not followed:"
+                        " configure the URL it points to)"
+                    ) from None
                 raise OSError(f"webhook answered HTTP {exc.code}") from None
 
+        tries = 0
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(OSError),
+                retry=retry_if_exception_type(OSError)
+                & retry_if_not_exception_type(WebhookRedirectError),
                 wait=wait_exponential(multiplier=0.5, max=30),
                 stop=stop_after_attempt(self._attempts),
                 reraise=True,
             ):
                 with attempt:
-                    await anyio.to_thread.run_sync(send)
+                    tries = attempt.retry_state.attempt_number
+                    await anyio.to_thread.run_sync(send, limiter=self.limiter)
         except OSError as exc:
             log.error(
                 "question.webhook_failed",
                 question_id=body["questionId"],
                 error=str(exc),
-                attempts=self._attempts,
+                attempts=tries,
             )
         else:
             log.info("question.webhook_delivered", question_id=body["questionId"])

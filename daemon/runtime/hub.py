@@ -3,9 +3,9 @@
 The database is the source of truth: a waiter checks it, then sleeps until a
 notification on its channel (LISTEN supervisor_answers / supervisor_tasks) or the
 polling interval, whichever comes first, and checks again. A check that meets a
-database outage is retried until the database is back: a waiter waits through it. A lost listener connection
-is reconnected with backoff; meanwhile polling alone keeps every waiter moving, so an
-answer still arrives within the polling interval.
+database outage is retried until the database is back: a waiter waits through it. A
+lost listener connection is reconnected with backoff; meanwhile polling alone keeps
+every waiter moving, so an answer still arrives within the polling interval.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
 from daemon.restoration import CrashLoopGuard, RestorationOutcome
-from daemon.runtime import metrics, watchdog
+from daemon.runtime import environment, metrics, watchdog
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.runtime.host import Host
@@ -213,6 +213,7 @@ async def ensure_demo_supervisors(store: Store, count: int = 2) -> int:
 async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
     daemon_id = resolve_daemon_id(settings)
     set_daemon_id(daemon_id)
+    environment.allow(settings.agent_env)
     log = get_logger()
     log.info("daemon.starting", version=__version__, pid=os.getpid())
     systemd.status("opening the database")
@@ -275,7 +276,8 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     async with anyio.create_task_group() as tg:
         await tg.start(queue.run)
         await tg.start(hub.run)
-        delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url)
+        delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
+                            use_proxy=settings.webhook_use_proxy)  # fmt: skip
         delivery.webhook_redeliveries(contexts)
 
         async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
