@@ -73,6 +73,9 @@ class Settings:
     webhook_url: str | None = None
     # host:port to serve Prometheus metrics on (/metrics); unset: no metrics server.
     metrics_address: tuple[str, int] | None = None
+    # How often the metrics' database gauges (supervisors by state, pending questions)
+    # are read: one scan of supervisor_states each time, never one per scrape.
+    metrics_refresh_s: float = 15.0
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -171,6 +174,7 @@ _CONVERTERS: dict[str, Any] = {
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,
     "metrics_address": _address,
+    "metrics_refresh_s": _positive_float,
 }
 
 

@@ -74,6 +74,7 @@ class RestorationOutcome:
     redeliver: tuple[PendingQuestion, ...]
     applied_answers: tuple[uuid.UUID, ...]
     write: dict[str, Any]  # the row for apply_restorations (see restoration.sql)
+    contract_id: uuid.UUID | None = None  # for the log lines about this supervisor
 
 
 # -- validation -------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def _new(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
             success=True, previous_state=SupervisorStateKind.INITIALIZING,
             restoration_context_message=f"Supervisor {sid} starts for the first time.\n",
         ),
-        redeliver=(), applied_answers=(), write=write,
+        redeliver=(), applied_answers=(), write=write, contract_id=item.row.get("contract_id"),
     )  # fmt: skip
 
 
@@ -347,6 +348,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
     return RestorationOutcome(
         supervisor_id=sid, outcome="restored", action=action, validation=validation,
         context=context, redeliver=tuple(questions), applied_answers=applied, write=write,
+        contract_id=item.row.get("contract_id"),
     )  # fmt: skip
 
 
@@ -400,6 +402,7 @@ def _parked(
         redeliver=(),
         applied_answers=(),
         write=write,
+        contract_id=item.row.get("contract_id"),
     )
 
 

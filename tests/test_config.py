@@ -136,7 +136,7 @@ def test_an_unreadable_credential_is_a_config_error(tmp_path: Path) -> None:
     env = _credentials(tmp_path, "postgresql://u@h/db")
     (Path(env["CREDENTIALS_DIRECTORY"]) / "database-url").unlink()
     (Path(env["CREDENTIALS_DIRECTORY"]) / "database-url").mkdir()  # read() fails: a directory
-    with pytest.raises(ConfigError, match="credential 'database-url' .* cannot be read"):
+    with pytest.raises(ConfigError, match=r"credential 'database-url' .* cannot be read"):
         load_settings(env)
 
 

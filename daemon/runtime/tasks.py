@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -28,17 +29,29 @@ OUTPUT_TAIL = 4_000
 
 class TaskRunner:
     def __init__(
-        self, store: WorkStore, tg: anyio.abc.TaskGroup, *, timeout_s: float = 600.0
+        self,
+        store: WorkStore,
+        tg: anyio.abc.TaskGroup,
+        *,
+        timeout_s: float = 600.0,
+        finished: Callable[[str], None] = lambda _outcome: None,
     ) -> None:
         self._store = store
         self._tg = tg
         self._timeout_s = timeout_s
+        # Told each task's outcome (succeeded, failed, timed_out, interrupted, error): metrics.
+        self._finished = finished
 
-    def start(self, task_id: uuid.UUID, spec: Any) -> bool:
+    def start(
+        self, task_id: uuid.UUID, spec: Any, *, supervisor_id: uuid.UUID, contract_id: uuid.UUID
+    ) -> bool:
         """Run `spec` when it is a command task; False when it is not ours to run."""
         if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
             return False
-        self._tg.start_soon(self._run, task_id, spec)
+        # Bound here so that `jq 'select(.supervisor_id == ...)'` finds a supervisor's tasks.
+        tlog = log.bind(task_id=str(task_id), supervisor_id=str(supervisor_id),
+                        contract_id=str(contract_id))  # fmt: skip
+        self._tg.start_soon(self._run, task_id, spec, tlog)
         return True
 
     async def resume(self, daemon_id: str, *, supervisors: set[uuid.UUID] | None = None) -> None:
@@ -57,12 +70,14 @@ class TaskRunner:
                     "task.interrupted",
                     task_id=str(row["id"]),
                     supervisor_id=str(row["supervisor_id"]),
+                    contract_id=str(row["contract_id"]),
                 )
+                self._finished("interrupted")
                 continue
-            self.start(row["id"], spec)
+            self.start(row["id"], spec, supervisor_id=row["supervisor_id"],
+                       contract_id=row["contract_id"])  # fmt: skip
 
-    async def _run(self, task_id: uuid.UUID, spec: dict[str, Any]) -> None:
-        tlog = log.bind(task_id=str(task_id))
+    async def _run(self, task_id: uuid.UUID, spec: dict[str, Any], tlog: Any) -> None:
         try:
             await self._store.set_task_status(task_id, TaskStatus.RUNNING)
             timeout = float(spec.get("timeoutS", self._timeout_s))
@@ -82,5 +97,7 @@ class TaskRunner:
             with anyio.CancelScope(shield=True):
                 await self._store.set_task_status(task_id, status, result)
             tlog.info("task.finished", status=status.value, result=result)
+            self._finished("timed_out" if scope.cancelled_caught else status.value)
         except (DaemonError, OSError) as exc:
             tlog.error("task.runner_failed", error=str(exc))
+            self._finished("error")

@@ -30,7 +30,7 @@ SELECT id, status, result FROM supervisor_tasks WHERE id = ANY ($1::uuid[])
 
 -- runnable_tasks_of_owner --
 -- Command tasks of this daemon's supervisors that have not finished, oldest first
-SELECT t.id, t.supervisor_id, t.status, t.spec
+SELECT t.id, t.supervisor_id, s.contract_id, t.status, t.spec
 FROM supervisor_tasks t
 JOIN supervisor_states s ON s.id = t.supervisor_id
 WHERE s.owner_daemon_id = $1
