@@ -96,8 +96,9 @@ async def test_command_tasks_run_with_their_outcome(
     bad = await store.create_task(state.id, spec={"command": "echo oops >&2; exit 3"})
     slow = await store.create_task(state.id, spec={"command": "sleep 30", "timeoutS": 0.3})
     ids = {"supervisor_id": state.id, "contract_id": state.contract_id}
+    outcomes: list[str] = []  # what the metrics count
     async with anyio.create_task_group() as tg:
-        runner = TaskRunner(WorkStore(pool), tg)
+        runner = TaskRunner(WorkStore(pool), tg, finished=outcomes.append)
         for task in (ok, bad, slow):
             assert runner.start(task.id, task.spec, **ids)
         assert not runner.start(uuid.uuid4(), {"kind": "external"}, **ids)
@@ -106,6 +107,7 @@ async def test_command_tasks_run_with_their_outcome(
     assert {(line["supervisor_id"], line["contract_id"]) for line in task_lines} == {
         (str(state.id), str(state.contract_id))
     }
+    assert sorted(outcomes) == ["failed", "succeeded", "timed_out"]
     ok_row, bad_row, slow_row = [await _task_row(pool, t.id) for t in (ok, bad, slow)]
     assert ok_row["status"] == "succeeded"
     assert ok_row["result"] == {"exitCode": 0, "outputTail": "hello\nworld\n"}
@@ -131,8 +133,10 @@ async def test_resume_fails_interrupted_tasks_and_starts_pending(
     pending = await store.create_task(state.id, spec={"command": "true"})
     for task in (interrupted, retryable):
         await pool.execute("UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", task.id)
+    outcomes: list[str] = []
     async with anyio.create_task_group() as tg:
-        await TaskRunner(WorkStore(pool), tg).resume("d1")
+        await TaskRunner(WorkStore(pool), tg, finished=outcomes.append).resume("d1")
+    assert sorted(outcomes) == ["interrupted", "succeeded", "succeeded"]
     rows = {t.id: await _task_row(pool, t.id) for t in (interrupted, retryable, pending)}
     assert rows[interrupted.id]["status"] == "failed"
     assert "interrupted" in rows[interrupted.id]["result"]["error"]

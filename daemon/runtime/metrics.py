@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from structlog.typing import EventDict
@@ -35,6 +41,9 @@ from daemon.store import MetricsStore
 
 PREFIX = "supervisor_daemon_"
 log = get_logger()
+# No `_created` series beside each counter and histogram: in the text format they are
+# gauges of their own that nobody alerts on, and they double what a scrape carries.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 # Queue counter -> (metric name, help). Counters only ever grow.
 _QUEUE_COUNTERS = {
@@ -156,7 +165,7 @@ class _ReadAtScrape(Collector):
             value=self._queue.queued,
         )
         yield GaugeMetricFamily(
-            PREFIX + "queue_flush_seconds_max",
+            PREFIX + "queue_flush_max_seconds",
             "Longest batch write so far.",
             value=counters.flush_seconds_max,
         )
