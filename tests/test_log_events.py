@@ -198,6 +198,17 @@ def test_events_are_grouped_by_story() -> None:
     assert stories == set(STORIES)
 
 
+def test_the_guides_name_only_documented_events() -> None:
+    stories = {name.split(".")[0] for name in documented_events()}
+    for guide in (ROOT / "README.md", ROOT / "docs" / "operations.md"):
+        named = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", guide.read_text()))
+        events = {name for name in named if name.split(".")[0] in stories}
+        assert events <= documented_events().keys(), (
+            guide.name,
+            events - documented_events().keys(),
+        )
+
+
 def _read_to_the_end(proc: subprocess.Popen[str], lines: list[dict[str, Any]]) -> None:
     """SIGTERM, then every line the daemon wrote until it exited."""
     assert proc.stderr is not None

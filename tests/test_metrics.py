@@ -34,6 +34,8 @@ from tests.test_daemon import daemon_process
 from tests.test_demo_acceptance import _wait_for_lines
 from tests.test_queue import running
 
+ROOT = Path(__file__).parent.parent
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -106,6 +108,11 @@ def test_a_running_daemon_serves_what_to_alert_on(dsn: str, tmp_path: Path) -> N
             assert time.monotonic() < deadline, text
             time.sleep(0.1)
     _check_conventions(families)
+    # Every metric the README and the operations guide name (alert rules included) exists.
+    served = set(families) | {s.name for f in families.values() for s in f.samples}
+    for guide in (Path("README.md"), Path("docs") / "operations.md"):
+        named = set(re.findall(r"\bsupervisor_daemon_[a-z_]+", (ROOT / guide).read_text()))
+        assert named <= served, (guide, sorted(named - served))
     assert _sample(families, "supervisor_daemon_supervisors_running") == 2
     assert _sample(families, "supervisor_daemon_queue_events_written_total") >= 1
     assert _sample(families, "supervisor_daemon_queue_events_rejected_total") == 0

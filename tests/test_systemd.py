@@ -68,6 +68,19 @@ def test_unit_exposure_is_low(tmp_path: Path) -> None:
     assert exposure <= MAX_EXPOSURE, report
 
 
+@needs_systemd_analyze
+def test_the_documented_drop_in_for_node_agents_relaxes_what_it_says(tmp_path: Path) -> None:
+    guide = (UNIT.parent.parent / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```ini\n(.*?)```", guide, re.DOTALL)
+    (drop_in,) = [block for block in blocks if "MemoryDenyWriteExecute=no" in block]
+    unit = _installed_unit(tmp_path, drop_in)
+    _verify(unit)
+    exposure, report = _security(unit)
+    relaxed = {line.split()[1] for line in report.splitlines() if line.startswith("✗")}
+    assert {"MemoryDenyWriteExecute=", "ProcSubset="} <= relaxed, report
+    assert exposure <= 2.0, report  # the rest of the hardening stays
+
+
 def test_unit_file_promises() -> None:
     text = UNIT.read_text()
     for line in (
