@@ -272,7 +272,7 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
                 summary, contexts, contracts = await _restore(
                     db, settings, daemon_id, daemon_metrics, capacity=settings.capacity
                 )
-                await _serve(db, settings, daemon_id, queue, (contexts, contracts),
+                await _serve(db, settings, daemon_id, queue, contexts, contracts,
                              summary.supervisors, hosts, daemon_metrics, log)  # fmt: skip
                 lease.cancel_scope.cancel()
         except Exception as exc:
@@ -298,14 +298,14 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     settings: Settings,
     daemon_id: str,
     queue: PersistenceQueue,
-    restored_now: tuple[dict[uuid.UUID, SupervisorRestorationContext], Contracts],
+    contexts: dict[uuid.UUID, SupervisorRestorationContext],
+    contracts: Contracts,
     restored: int,
     hosts: list[Host],
     daemon_metrics: metrics.DaemonMetrics,
     log: Any,
 ) -> None:
     """Every background job in one task group, until a signal asks to stop."""
-    contexts, contracts = restored_now
     hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
     agents_scope = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
