@@ -15,15 +15,22 @@ import json
 import re
 import signal
 import subprocess
+import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from daemon import events
+from daemon.models import SupervisorStateKind
+from daemon.queue import EventRejectedError, PersistenceQueue
+from daemon.store import EventStore
 from tests.test_cli import run_cli
 from tests.test_daemon import daemon_process
 from tests.test_demo_acceptance import _wait_for_lines
+from tests.test_queue import running
 
 ROOT = Path(__file__).parent.parent
 DOC = ROOT / "docs" / "logs.md"
@@ -207,6 +214,18 @@ def test_the_guides_name_only_documented_events() -> None:
             guide.name,
             events - documented_events().keys(),
         )
+
+
+async def test_a_rejected_event_names_its_supervisors_contract(
+    pool: asyncpg.Pool[Any], captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    sid, contract = uuid.uuid4(), uuid.uuid4()  # a supervisor the database does not know
+    async with running(PersistenceQueue(EventStore(pool))) as queue:
+        queue.contract_of = {sid: contract}.get  # what the host knows of its supervisors
+        with pytest.raises(EventRejectedError):
+            await queue.submit(events.state_changed(sid, SupervisorStateKind.WORKING))
+    (line,) = [line for line in captured_logs if line["event"] == "queue.event_rejected"]
+    assert (line["supervisor_id"], line["contract_id"]) == (str(sid), str(contract))
 
 
 def _read_to_the_end(proc: subprocess.Popen[str], lines: list[dict[str, Any]]) -> None:
