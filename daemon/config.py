@@ -2,8 +2,12 @@
 
 Sources, lowest precedence first: built-in defaults, an optional TOML file
 (`SUPERVISOR_DAEMON_CONFIG` or `--config`), then `SUPERVISOR_DAEMON_*` environment
-variables. Every problem is a ConfigError with one sentence naming the setting, so the
-CLI can print it and exit 78. This module never touches the network or the database.
+variables. The database URL may instead come from a systemd credential named
+`database-url` (`LoadCredential=`: a file in `$CREDENTIALS_DIRECTORY`), so that it sits
+in no environment; it overrides the file, and given both as a credential and in the
+environment it is refused. Every problem is a ConfigError with one sentence naming the
+setting, so the CLI can print it and exit 78. This module never touches the network or
+the database.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from daemon.logs import get_logger
 from daemon.runtime.environment import check_name
 
 ENV_PREFIX = "SUPERVISOR_DAEMON_"
+# The systemd credential holding the database URL (see systemd/supervisor-daemon.service).
+DATABASE_URL_CREDENTIAL = "database-url"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -76,6 +82,9 @@ class Settings:
     agent_env: tuple[str, ...] = ()
     # host:port to serve Prometheus metrics on (/metrics); unset: no metrics server.
     metrics_address: tuple[str, int] | None = None
+    # How often the metrics' database gauges (supervisors by state, pending questions)
+    # are read: one scan of supervisor_states each time, never one per scrape.
+    metrics_refresh_s: float = 15.0
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -193,6 +202,7 @@ _CONVERTERS: dict[str, Any] = {
     "webhook_use_proxy": _boolean,
     "agent_env": _names,
     "metrics_address": _address,
+    "metrics_refresh_s": _positive_float,
 }
 
 
@@ -231,6 +241,16 @@ def load_settings(
         if env_name in env:
             raw[key] = (env_name, env[env_name])
 
+    credential = _read_credential(env, DATABASE_URL_CREDENTIAL)
+    if credential is not None:
+        if env.get(f"{ENV_PREFIX}DATABASE_URL", "").strip():
+            # Two sources that may disagree: which one wins would be a guess.
+            raise ConfigError(
+                f"the database URL is given twice: as {ENV_PREFIX}DATABASE_URL and as the"
+                f" credential {DATABASE_URL_CREDENTIAL!r}; keep one"
+            )
+        raw["database_url"] = (f"credential {DATABASE_URL_CREDENTIAL!r}", credential)
+
     values: dict[str, Any] = {}
     for key, (origin, value) in raw.items():
         try:
@@ -245,6 +265,26 @@ def load_settings(
             f"{ENV_PREFIX}POOL_MAX_SIZE ({settings.pool_max_size})"
         )
     return settings
+
+
+def _read_credential(env: Mapping[str, str], name: str) -> str | None:
+    """The systemd credential `name` (whitespace around it removed), or None when the
+    process was given no credentials directory or no such credential."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"credential {name!r} ({path}) cannot be read: {reason}") from None
+    if not text:
+        # An empty credential is a mistake, not a request for the embedded database.
+        raise ConfigError(f"credential {name!r} ({path}) is empty")
+    return text
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

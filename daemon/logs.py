@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -44,6 +45,8 @@ _PLAIN = (
 
 _secrets: tuple[str, ...] = ()  # longest first, so a longer secret is masked whole
 _daemon_id: str | None = None
+# event name -> what to call with each line logged under it (see `on_event`).
+_listeners: dict[str, Callable[[EventDict], None]] = {}
 
 
 def register_secret(value: str | None) -> None:
@@ -67,6 +70,23 @@ def holds_secret(text: str) -> bool:
 def set_daemon_id(daemon_id: str) -> None:
     global _daemon_id  # noqa: PLW0603 - one process, one daemon id, set once at start
     _daemon_id = daemon_id
+
+
+def on_event(event: str, listener: Callable[[EventDict], None] | None) -> None:
+    """Call `listener` with every line logged as `event` at or above the configured
+    level (None removes it): how a metric counts what only a log line reports."""
+    if listener is None:
+        _listeners.pop(event, None)
+    else:
+        _listeners[event] = listener
+
+
+def _notify_listeners(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    if _listeners:  # a dict lookup per line only while someone listens
+        listener = _listeners.get(event_dict.get("event", ""))
+        if listener is not None:
+            listener(event_dict)
+    return event_dict
 
 
 def redact(text: str) -> str:
@@ -130,6 +150,7 @@ def configure(
     out = stream or sys.stderr
     use_console = log_format == "console" or (log_format == "auto" and out.isatty())
     shared: list[Processor] = [
+        _notify_listeners,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

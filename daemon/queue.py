@@ -194,6 +194,11 @@ class PersistenceQueue:
         self._calls: dict[int, float] = {}
         self._call_ids = itertools.count()
         self.counters = QueueCounters()
+        # Set by the running daemon. `on_flush(seconds, events)` is called once per batch
+        # (never per event: this is the hot path) for the metrics' histograms;
+        # `contract_of` names a supervisor's contract in the log line of a rejected event.
+        self.on_flush: Callable[[float, int], None] | None = None
+        self.contract_of: Callable[[uuid.UUID], uuid.UUID | None] = lambda _: None
 
     @classmethod
     def from_settings(cls, store: EventStore, settings: Settings) -> PersistenceQueue:
@@ -312,6 +317,8 @@ class PersistenceQueue:
         counters.flush_seconds_total += elapsed
         counters.flush_seconds_max = max(counters.flush_seconds_max, elapsed)
         counters.batch_events_max = max(counters.batch_events_max, count)
+        if self.on_flush is not None:
+            self.on_flush(elapsed, count + len(coalesced))
 
     async def _write(
         self,
@@ -376,6 +383,7 @@ class PersistenceQueue:
         log.warning(
             "queue.event_rejected",
             supervisor_id=str(event.supervisor_id),
+            contract_id=str(self.contract_of(event.supervisor_id)),
             event_id=str(event.id),
             kind=event.kind.value,
             error=str(exc),

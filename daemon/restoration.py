@@ -78,6 +78,7 @@ class RestorationOutcome:
     redeliver: tuple[PendingQuestion, ...]
     applied_answers: tuple[uuid.UUID, ...]
     write: dict[str, Any]  # the row for apply_restorations (see restoration.sql)
+    contract_id: uuid.UUID | None = None  # for the log lines about this supervisor
 
 
 # -- validation -------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def _new(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
             success=True, previous_state=SupervisorStateKind.INITIALIZING,
             restoration_context_message=f"Supervisor {sid} starts for the first time.\n",
         ),
-        redeliver=(), applied_answers=(), write=write,
+        redeliver=(), applied_answers=(), write=write, contract_id=item.row.get("contract_id"),
     )  # fmt: skip
 
 
@@ -370,6 +371,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
     return RestorationOutcome(
         supervisor_id=sid, outcome="restored", action=action, validation=validation,
         context=context, redeliver=tuple(questions), applied_answers=applied, write=write,
+        contract_id=item.row.get("contract_id"),
     )  # fmt: skip
 
 
@@ -423,6 +425,7 @@ def _parked(
         redeliver=(),
         applied_answers=(),
         write=write,
+        contract_id=item.row.get("contract_id"),
     )
 
 

@@ -257,6 +257,26 @@ class DaemonRegistry:
         return [dict(row) for row in rows]
 
 
+class MetricsStore:
+    """The whole database's numbers behind the metrics' gauges, read on an interval."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def supervisors_by_state(self) -> dict[str, int]:
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["count_supervisors_by_state"])
+        return {row["state"]: row["supervisors"] for row in rows}
+
+    async def pending_questions(self) -> tuple[int, float]:
+        """How many questions wait for an answer, and the oldest one's age in seconds."""
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries["summarize_pending_questions"])
+        if row is None:  # an aggregate without GROUP BY always returns its row
+            return 0, 0.0
+        return row["pending"], row["oldest_age_s"]
+
+
 class EventStore:
     """The persistence queue's operations: set-based batch writes and the journal.
 

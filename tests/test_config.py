@@ -9,6 +9,7 @@ import pytest
 
 from daemon.config import ensure_data_dir, load_settings, resolve_daemon_id
 from daemon.errors import ConfigError
+from tests.test_cli import run_cli
 
 
 def test_defaults_use_the_embedded_database() -> None:
@@ -103,3 +104,65 @@ def test_agent_env_names_variables_and_never_the_daemons_secrets(tmp_path: Path)
             load_settings({"SUPERVISOR_DAEMON_AGENT_ENV": bad})
     with pytest.raises(ConfigError, match="WEBHOOK_USE_PROXY must be true or false"):
         load_settings({"SUPERVISOR_DAEMON_WEBHOOK_USE_PROXY": "maybe"})
+
+
+def _credentials(tmp_path: Path, url: str) -> dict[str, str]:
+    """An environment with a systemd credentials directory holding `url`."""
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    (directory / "database-url").write_text(url + "\n")  # files often end with a newline
+    return {"CREDENTIALS_DIRECTORY": str(directory)}
+
+
+def test_the_database_url_can_be_a_systemd_credential(tmp_path: Path) -> None:
+    env = _credentials(tmp_path, "postgresql://app:cred-pw@db.internal:5432/prod")
+    assert load_settings(env).database_url == "postgresql://app:cred-pw@db.internal:5432/prod"
+    # It overrides the TOML file, as the environment does.
+    toml = tmp_path / "daemon.toml"
+    toml.write_text('database_url = "postgresql://app:file-pw@elsewhere/db"\n')
+    assert load_settings(env, config_file=toml).database_url == (
+        "postgresql://app:cred-pw@db.internal:5432/prod"
+    )
+    # An empty variable is no second source.
+    env["SUPERVISOR_DAEMON_DATABASE_URL"] = ""
+    assert load_settings(env).database_url == "postgresql://app:cred-pw@db.internal:5432/prod"
+
+
+def test_a_credentials_directory_without_the_credential_changes_nothing(tmp_path: Path) -> None:
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert load_settings(env).database_url is None
+    env["SUPERVISOR_DAEMON_DATABASE_URL"] = "postgresql://u@h/db"
+    assert load_settings(env).database_url == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("credential", "variable", "message"),
+    [
+        ("postgresql://u:cred-pw@h/db", "postgresql://u:env-pw@h/db", "given twice"),
+        ("   ", None, "is empty"),
+        ("mysql://u:cred-pw@h/db", None, "credential 'database-url' must start"),
+    ],
+)
+def test_a_bad_credential_is_refused_without_echoing_it(
+    tmp_path: Path, credential: str, variable: str | None, message: str
+) -> None:
+    env = _credentials(tmp_path, credential)
+    if variable is not None:
+        env["SUPERVISOR_DAEMON_DATABASE_URL"] = variable
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(env)
+    assert "pw" not in str(info.value)
+
+
+def test_an_unreadable_credential_is_a_config_error(tmp_path: Path) -> None:
+    env = _credentials(tmp_path, "postgresql://u@h/db")
+    (Path(env["CREDENTIALS_DIRECTORY"]) / "database-url").unlink()
+    (Path(env["CREDENTIALS_DIRECTORY"]) / "database-url").mkdir()  # read() fails: a directory
+    with pytest.raises(ConfigError, match=r"credential 'database-url' .* cannot be read"):
+        load_settings(env)
+
+
+def test_the_cli_reaches_the_database_named_by_the_credential(dsn: str, tmp_path: Path) -> None:
+    result = run_cli("migrate", "--status", env=_credentials(tmp_path, dsn))
+    assert result.returncode == 0, result.stderr
+    assert "applied" in result.stdout

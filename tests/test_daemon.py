@@ -199,7 +199,8 @@ async def test_a_daemon_that_cannot_count_on_its_lease_stops_before_it_expires(
 ) -> None:
     from daemon.config import load_settings
     from daemon.errors import LeaseLostError, TransientDatabaseError
-    from daemon.runtime import lifecycle
+    from daemon.runtime import lifecycle, metrics
+    from daemon.runtime.metrics import DaemonMetrics
     from daemon.store import DaemonRegistry
 
     renewals = 0
@@ -216,6 +217,13 @@ async def test_a_daemon_that_cannot_count_on_its_lease_stops_before_it_expires(
         return False  # the row says this daemon stopped
 
     monkeypatch.setattr(DaemonRegistry, "renew_lease", renew)
+    made: list[DaemonMetrics] = []  # the daemon's metrics, to read its counter
+
+    def keep(*args: Any) -> DaemonMetrics:
+        made.append(DaemonMetrics(*args))
+        return made[-1]
+
+    monkeypatch.setattr(metrics, "DaemonMetrics", keep)
     settings = load_settings(
         {
             "SUPERVISOR_DAEMON_DATABASE_URL": dsn,
@@ -234,3 +242,9 @@ async def test_a_daemon_that_cannot_count_on_its_lease_stops_before_it_expires(
     else:
         assert "could not be renewed" in str(raised.value)
     assert renewals >= 3
+    failed = made[0].registry.get_sample_value("supervisor_daemon_lease_renewals_failed_total")
+    if failure == "marked_stopped":
+        assert failed == 0  # the renewal worked: it said the daemon is stopped
+    else:
+        assert failed is not None
+        assert failed >= 1

@@ -7,7 +7,7 @@ import http.server
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -88,23 +88,26 @@ async def test_tasks_complete_cli(dsn: str, store: Store, pool: asyncpg.Pool[Any
 # -- the task runner ------------------------------------------------------------------------
 
 
-async def test_command_tasks_run_with_their_outcome(pool: asyncpg.Pool[Any], store: Store) -> None:
+async def test_command_tasks_run_with_their_outcome(
+    pool: asyncpg.Pool[Any], store: Store, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
     state = await store.save_supervisor_state_full(new_state())
     ok = await store.create_task(state.id, spec={"command": "echo hello; echo world"})
     bad = await store.create_task(state.id, spec={"command": "echo oops >&2; exit 3"})
     slow = await store.create_task(state.id, spec={"command": "sleep 30", "timeoutS": 0.3})
+    ids = {"supervisor_id": state.id, "contract_id": state.contract_id}
+    outcomes: list[str] = []  # what the metrics count
     async with anyio.create_task_group() as tg:
-        runner = TaskRunner(WorkStore(pool), tg)
+        runner = TaskRunner(WorkStore(pool), tg, finished=outcomes.append)
         for task in (ok, bad, slow):
-            assert runner.start(
-                task.id, task.spec, supervisor_id=state.id, contract_id=state.contract_id
-            )
-        assert not runner.start(
-            uuid.uuid4(),
-            {"kind": "external"},
-            supervisor_id=state.id,
-            contract_id=state.contract_id,
-        )
+            assert runner.start(task.id, task.spec, **ids)
+        assert not runner.start(uuid.uuid4(), {"kind": "external"}, **ids)
+    task_lines = [line for line in captured_logs if line["event"].startswith("task.")]
+    assert len(task_lines) == 6  # started and finished, three times
+    assert {(line["supervisor_id"], line["contract_id"]) for line in task_lines} == {
+        (str(state.id), str(state.contract_id))
+    }
+    assert sorted(outcomes) == ["failed", "succeeded", "timed_out"]
     ok_row, bad_row, slow_row = [await _task_row(pool, t.id) for t in (ok, bad, slow)]
     assert ok_row["status"] == "succeeded"
     assert ok_row["result"] == {"exitCode": 0, "outputTail": "hello\nworld\n"}
@@ -130,8 +133,10 @@ async def test_resume_fails_interrupted_tasks_and_starts_pending(
     pending = await store.create_task(state.id, spec={"command": "true"})
     for task in (interrupted, retryable):
         await pool.execute("UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", task.id)
+    outcomes: list[str] = []
     async with anyio.create_task_group() as tg:
-        await TaskRunner(WorkStore(pool), tg).resume("d1")
+        await TaskRunner(WorkStore(pool), tg, finished=outcomes.append).resume("d1")
+    assert sorted(outcomes) == ["interrupted", "succeeded", "succeeded"]
     rows = {t.id: await _task_row(pool, t.id) for t in (interrupted, retryable, pending)}
     assert rows[interrupted.id]["status"] == "failed"
     assert "interrupted" in rows[interrupted.id]["result"]["error"]

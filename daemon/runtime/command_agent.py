@@ -174,7 +174,7 @@ class CommandAgent:
         self.guard = guard or CrashLoopGuard()
 
     async def __call__(self, sup: Any) -> None:
-        slog = log.bind(supervisor_id=str(sup.id))
+        slog = log.bind(supervisor_id=str(sup.id), contract_id=str(sup.state.contract_id))
         first = self._first_message(sup)
         restarts: list[float] = []
         while True:

@@ -24,6 +24,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -122,12 +123,19 @@ def notify_body(supervisor_id: uuid.UUID, question: PendingQuestion, redelivery:
     return encoded.decode()
 
 
-def log_delivered(supervisor_id: uuid.UUID, question: PendingQuestion, redelivery: bool) -> None:
+def log_delivered(
+    supervisor_id: uuid.UUID,
+    question: PendingQuestion,
+    redelivery: bool,
+    *,
+    contract_id: uuid.UUID | None,
+) -> None:
     shown = preview(question)
     log.info("question.delivered", supervisor_id=str(supervisor_id),
-             question_id=str(question.id), question=shown["question"],
-             choices=shown["choices"], truncated=shown["truncated"],
-             question_type=question.question_type.value, redelivery=redelivery)  # fmt: skip
+             contract_id=str(contract_id), question_id=str(question.id),
+             question=shown["question"], choices=shown["choices"],
+             truncated=shown["truncated"], question_type=question.question_type.value,
+             redelivery=redelivery)  # fmt: skip
 
 
 class WebhookRedirectError(OSError):
@@ -165,35 +173,53 @@ class Delivery:
         self.limiter = anyio.CapacityLimiter(concurrency)
 
     async def deliver(
-        self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool = False
+        self,
+        supervisor_id: uuid.UUID,
+        question: PendingQuestion,
+        *,
+        redelivery: bool = False,
+        contract_id: uuid.UUID | None = None,
     ) -> None:
         """A question just asked (and recorded): log line, NOTIFY, webhook. Never raises
         for a failed delivery: the question is pending all the same."""
-        log_delivered(supervisor_id, question, redelivery)
+        log_delivered(supervisor_id, question, redelivery, contract_id=contract_id)
         try:
             await notify_question(self._pool, notify_body(supervisor_id, question, redelivery))
         except DaemonError as exc:
             log.warning("question.notify_failed", supervisor_id=str(supervisor_id),
-                        question_id=str(question.id), error=str(exc))  # fmt: skip
-        self.webhook(supervisor_id, question, redelivery=redelivery)
+                        contract_id=str(contract_id), question_id=str(question.id),
+                        error=str(exc))  # fmt: skip
+        self.webhook(supervisor_id, question, redelivery=redelivery, contract_id=contract_id)
 
     def webhook(
-        self, supervisor_id: uuid.UUID, question: PendingQuestion, *, redelivery: bool
+        self,
+        supervisor_id: uuid.UUID,
+        question: PendingQuestion,
+        *,
+        redelivery: bool,
+        contract_id: uuid.UUID | None = None,
     ) -> None:
         """POST the question in the background, when a webhook is configured."""
         if self._webhook_url:
-            self._tg.start_soon(self._post, payload(supervisor_id, question, redelivery))
+            qlog = log.bind(supervisor_id=str(supervisor_id), contract_id=str(contract_id),
+                            question_id=str(question.id))  # fmt: skip
+            self._tg.start_soon(self._post, payload(supervisor_id, question, redelivery), qlog)
 
-    def webhook_redeliveries(self, contexts: dict[uuid.UUID, SupervisorRestorationContext]) -> None:
+    def webhook_redeliveries(
+        self,
+        contexts: dict[uuid.UUID, SupervisorRestorationContext],
+        contracts: Mapping[uuid.UUID, uuid.UUID | None] | None = None,
+    ) -> None:
         """The webhook share of a restoration's redeliveries (the restoration itself
         already logged them and sent their NOTIFYs when it committed)."""
         if not self._webhook_url:
             return
         for supervisor_id, context in contexts.items():
+            contract_id = (contracts or {}).get(supervisor_id)
             for question in context.pending_questions:
-                self.webhook(supervisor_id, question, redelivery=True)
+                self.webhook(supervisor_id, question, redelivery=True, contract_id=contract_id)
 
-    async def _post(self, body: dict[str, Any]) -> None:
+    async def _post(self, body: dict[str, Any], qlog: Any) -> None:
         url = str(self._webhook_url)
         data = json.dumps(body).encode()
 
@@ -226,11 +252,6 @@ class Delivery:
                     tries = attempt.retry_state.attempt_number
                     await anyio.to_thread.run_sync(send, limiter=self.limiter)
         except OSError as exc:
-            log.error(
-                "question.webhook_failed",
-                question_id=body["questionId"],
-                error=str(exc),
-                attempts=tries,
-            )
+            qlog.error("question.webhook_failed", error=str(exc), attempts=tries)
         else:
-            log.info("question.webhook_delivered", question_id=body["questionId"])
+            qlog.info("question.webhook_delivered")

@@ -54,8 +54,15 @@ class Host:
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
 
+    def contract_of(self, supervisor_id: uuid.UUID) -> uuid.UUID | None:
+        """The contract of a supervisor running here (None otherwise), for log lines."""
+        sup = self.running.get(supervisor_id)
+        return sup.state.contract_id if sup is not None else None
+
     async def _deliver(self, supervisor_id: uuid.UUID, question: PendingQuestion) -> None:
-        await self.delivery.deliver(supervisor_id, question)
+        await self.delivery.deliver(
+            supervisor_id, question, contract_id=self.contract_of(supervisor_id)
+        )
 
     async def start(
         self,
@@ -70,7 +77,8 @@ class Host:
             if state.id in self.running:
                 continue
             if not state.agent:
-                log.info("supervisor.no_agent", supervisor_id=str(state.id))
+                log.info("supervisor.no_agent", supervisor_id=str(state.id),
+                         contract_id=str(state.contract_id))  # fmt: skip
                 continue
             sup = Supervisor(
                 state, queue=self._queue, hub=self._hub, runner=self._runner,

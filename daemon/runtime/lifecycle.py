@@ -8,11 +8,13 @@ them stops the daemon loudly instead of dying silently.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -35,7 +37,7 @@ from daemon.runtime.host import Host
 from daemon.runtime.hub import Hub
 from daemon.runtime.restore import RestorationSummary, restore_all
 from daemon.runtime.tasks import TaskRunner
-from daemon.store import DaemonRegistry, EventStore, Store, WorkStore
+from daemon.store import DaemonRegistry, EventStore, MetricsStore, Store, WorkStore
 
 E = TypeVar("E", bound=BaseException)
 
@@ -72,11 +74,18 @@ class LeaseTiming:
 
 
 async def _renew_lease(
-    registry: DaemonRegistry, daemon_id: str, log: Any, renewed_at: float, timing: LeaseTiming
+    registry: DaemonRegistry,
+    daemon_id: str,
+    log: Any,
+    renewed_at: float,
+    timing: LeaseTiming,
+    *,
+    failed: Callable[[], object] = lambda: None,
 ) -> None:
     """Keep the lease; raise LeaseLostError when it cannot be counted on any more (not
     renewed in time, or the daemon marked stopped). `renewed_at`: when (monotonic) the
-    request that last set the lease was sent."""
+    request that last set the lease was sent; `failed` is told of each renewal that
+    failed or hung (metrics)."""
     wait = timing.renew_every_s
     while True:
         await anyio.sleep(wait)
@@ -91,6 +100,8 @@ async def _renew_lease(
             except DaemonError as exc:
                 log.warning("daemon.lease_renewal_failed", error=str(exc),
                             seconds_left=round(deadline - time.monotonic(), 1))  # fmt: skip
+        if renewed is None:
+            failed()
         if renewed:
             renewed_at, wait = sent, timing.renew_every_s
         elif renewed is False:
@@ -109,15 +120,14 @@ async def _renew_lease(
             wait = min(timing.retry_every_s, max(0.0, deadline - time.monotonic()))
 
 
-def _serve_metrics(settings: Settings, queue: PersistenceQueue, hosts: list[Host], log: Any) -> Any:
+def _serve_metrics(settings: Settings, daemon_metrics: metrics.DaemonMetrics, log: Any) -> Any:
     """Start the metrics server when configured; an address that cannot be served is a
     configuration error (exit 78), found before any supervisor is restored."""
     if settings.metrics_address is None:
         return None
     host, port = settings.metrics_address
-    collector = metrics.DaemonCollector(queue, lambda: sum(len(h.running) for h in hosts))
     try:
-        server = metrics.serve(settings.metrics_address, collector)
+        server = metrics.serve(settings.metrics_address, daemon_metrics)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics at {host}:{port}: {exc}") from None
     log.info("metrics.serving", address=f"{host}:{port}", path="/metrics")
@@ -132,39 +142,58 @@ async def _wait_for_stop(log: Any) -> None:
             return
 
 
+Contracts = dict[uuid.UUID, uuid.UUID | None]
+
+
 async def _restore(
-    db: Database, settings: Settings, daemon_id: str, *, capacity: int, include_own: bool = True
-) -> tuple[RestorationSummary, dict[uuid.UUID, SupervisorRestorationContext]]:
+    db: Database,
+    settings: Settings,
+    daemon_id: str,
+    daemon_metrics: metrics.DaemonMetrics,
+    *,
+    capacity: int,
+    include_own: bool = True,
+) -> tuple[RestorationSummary, dict[uuid.UUID, SupervisorRestorationContext], Contracts]:
     """Claim and restore supervisors under the daemon's crash-loop guard; also return
-    the restoration context of each one restored, for its agent."""
+    the restoration context of each one restored, for its agent, and its contract (for
+    the log lines of its webhook redeliveries)."""
     contexts: dict[uuid.UUID, SupervisorRestorationContext] = {}
+    contracts: Contracts = {}
 
     def keep(outcome: RestorationOutcome) -> None:
         contexts[outcome.supervisor_id] = outcome.context
+        contracts[outcome.supervisor_id] = outcome.contract_id
+        daemon_metrics.restored(outcome)
 
     summary = await restore_all(
         db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=capacity,
         include_own=include_own, on_outcome=keep,
     )  # fmt: skip
-    return summary, contexts
+    return summary, contexts, contracts
 
 
 async def _claim_new(
-    db: Database, settings: Settings, daemon_id: str, host: Host, runner: TaskRunner
+    db: Database,
+    settings: Settings,
+    daemon_id: str,
+    host: Host,
+    runner: TaskRunner,
+    *,
+    daemon_metrics: metrics.DaemonMetrics,
 ) -> None:
     """While running, take new supervisors (`supervisors create`) and orphans of daemons
     whose lease expired, restore them, and start their agents."""
     while True:
         await anyio.sleep(settings.claim_interval_s)
         try:
-            summary, contexts = await _restore(
-                db, settings, daemon_id,
+            summary, contexts, contracts = await _restore(
+                db, settings, daemon_id, daemon_metrics,
                 capacity=max(settings.capacity - len(host.running), 0), include_own=False,
             )  # fmt: skip
             if summary.supervisors:
                 # Only the newcomers' tasks: the running supervisors' tasks are ours.
                 await runner.resume(daemon_id, supervisors=set(contexts))
-                host.delivery.webhook_redeliveries(contexts)
+                host.delivery.webhook_redeliveries(contexts, contracts)
                 await host.start(contexts, list(contexts))
         except DaemonError as exc:
             get_logger().warning("daemon.claim_failed", error=str(exc))
@@ -229,19 +258,23 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             log.info("demo.created", supervisors=created)
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
         hosts: list[Host] = []  # the Host, once agents run (for the metrics)
-        metrics_server = _serve_metrics(settings, queue, hosts, log)
+        daemon_metrics = metrics.DaemonMetrics(queue, lambda: sum(len(h.running) for h in hosts))
+        metrics_server = _serve_metrics(settings, daemon_metrics, log)
+        daemon_metrics.listen()
         try:
             # The lease is renewed from registration on: restoring many supervisors
             # can take longer than the lease lasts.
             async with anyio.create_task_group() as lease:
-                lease.start_soon(_renew_lease, registry, daemon_id, log, registered_at,
-                                 LeaseTiming(settings.lease_s))  # fmt: skip
+                lease.start_soon(functools.partial(
+                    _renew_lease, registry, daemon_id, log, registered_at,
+                    LeaseTiming(settings.lease_s), failed=daemon_metrics.lease_renewals_failed.inc,
+                ))  # fmt: skip
                 systemd.status("restoring supervisors")
-                summary, contexts = await _restore(
-                    db, settings, daemon_id, capacity=settings.capacity
+                summary, contexts, contracts = await _restore(
+                    db, settings, daemon_id, daemon_metrics, capacity=settings.capacity
                 )
-                await _serve(db, settings, daemon_id, queue, contexts, summary.supervisors, hosts,
-                             log)  # fmt: skip
+                await _serve(db, settings, daemon_id, queue, contexts, contracts,
+                             summary.supervisors, hosts, daemon_metrics, log)  # fmt: skip
                 lease.cancel_scope.cancel()
         except Exception as exc:
             lost = _find(exc, LeaseLostError)
@@ -253,6 +286,7 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
             raise DaemonCrashedError(f"a background job crashed: {error}") from exc
         finally:
             restore_defaults()  # the collector as it was (the daemon may run in-process)
+            daemon_metrics.stop_listening()
             if metrics_server is not None:
                 metrics_server.shutdown()
         with anyio.CancelScope(shield=True):
@@ -266,8 +300,10 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     daemon_id: str,
     queue: PersistenceQueue,
     contexts: dict[uuid.UUID, SupervisorRestorationContext],
+    contracts: Contracts,
     restored: int,
     hosts: list[Host],
+    daemon_metrics: metrics.DaemonMetrics,
     log: Any,
 ) -> None:
     """Every background job in one task group, until a signal asks to stop."""
@@ -276,26 +312,33 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     async with anyio.create_task_group() as tg:
         await tg.start(queue.run)
         await tg.start(hub.run)
+        if settings.metrics_address is not None:
+            tg.start_soon(metrics.refresh_from_database, MetricsStore(db.pool), daemon_metrics,
+                          settings.metrics_refresh_s)  # fmt: skip
         delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
                             use_proxy=settings.webhook_use_proxy)  # fmt: skip
-        delivery.webhook_redeliveries(contexts)
+        delivery.webhook_redeliveries(contexts, contracts)
 
         async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
             with agents_scope:
                 async with anyio.create_task_group() as atg:
-                    runner = TaskRunner(WorkStore(db.pool), atg, timeout_s=settings.task_timeout_s)
+                    runner = TaskRunner(WorkStore(db.pool), atg, timeout_s=settings.task_timeout_s,
+                                        finished=daemon_metrics.task_finished)  # fmt: skip
                     host = Host(db.pool, daemon_id, queue=queue, hub=hub, runner=runner,
                                 delivery=delivery, tg=atg,
                                 heartbeat_s=settings.heartbeat_interval_s)  # fmt: skip
                     hosts.append(host)
+                    queue.contract_of = host.contract_of
                     await runner.resume(daemon_id)
                     started = await host.start(contexts, list(contexts))
                     atg.start_soon(host.heartbeats)
                     task_status.started(started)
-                    await _claim_new(db, settings, daemon_id, host, runner)
+                    await _claim_new(db, settings, daemon_id, host, runner,
+                                     daemon_metrics=daemon_metrics)  # fmt: skip
 
         agents_started = await tg.start(run_agents)
         contexts.clear()
+        contracts.clear()
         tune_for_throughput()
         tg.start_soon(collect_on_a_clock)
         log.info("daemon.ready", supervisors=restored, agents=agents_started)

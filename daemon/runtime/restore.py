@@ -248,22 +248,24 @@ def _notifications(results: Sequence[RestorationOutcome]) -> list[str]:
 
 def _log(result: RestorationOutcome, written: set[uuid.UUID], source: RestorationSource) -> None:
     sid = str(result.supervisor_id)
+    contract = str(result.contract_id)
     if result.supervisor_id not in written:
         log.warning(
             "supervisor.restore_skipped",
             supervisor_id=sid,
+            contract_id=contract,
             reason="owned by another daemon (epoch moved)",
         )
         return
     if result.outcome == "new":
-        log.info("supervisor.new", supervisor_id=sid, source=source.value)
+        log.info("supervisor.new", supervisor_id=sid, contract_id=contract, source=source.value)
         return
     level = log.info if result.outcome == "restored" else log.warning
     level(
-        "supervisor.restored", supervisor_id=sid, outcome=result.outcome,
+        "supervisor.restored", supervisor_id=sid, contract_id=contract, outcome=result.outcome,
         action=result.action.value, issues=list(result.validation.issues),
         restoration_count=result.context.restoration_count, source=source.value,
         warnings=list(result.context.warnings),
     )  # fmt: skip
     for question in result.redeliver:
-        log_delivered(result.supervisor_id, question, redelivery=True)
+        log_delivered(result.supervisor_id, question, True, contract_id=result.contract_id)

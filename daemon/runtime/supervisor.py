@@ -68,8 +68,7 @@ class Supervisor:
             pending_task_ids=(*self.state.pending_task_ids, task_id) if awaited
             else self.state.pending_task_ids,
         )  # fmt: skip
-        self._runner.start(task_id, spec, supervisor_id=self.id,
-                           contract_id=self.state.contract_id)  # fmt: skip
+        self._runner.start(task_id, spec, supervisor_id=self.id, contract_id=self.state.contract_id)
         return task_id
 
     async def wait_for_tasks(
