@@ -12,13 +12,13 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,15 @@ from daemon.errors import (
     EX_SOFTWARE,
     EX_UNAVAILABLE,
     ConfigError,
-    ConflictError,
     DaemonCrashedError,
     DaemonError,
     DatabaseUnavailableError,
     LeaseLostError,
     MigrationError,
 )
-from daemon.models import PHASES, SupervisorState, SupervisorStateKind
-from daemon.store import Store
+from daemon.models import PHASES, SupervisorState, SupervisorStateKind, TaskStatus
+from daemon.restoration import CrashLoopGuard
+from daemon.services import Services
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
 
@@ -56,6 +56,15 @@ def _uuid(text: str) -> uuid.UUID:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+@contextlib.asynccontextmanager
+async def _services(
+    settings: Settings, *, guard: CrashLoopGuard | None = None
+) -> AsyncIterator[Services]:
+    """People's commands over the configured database, for one CLI command."""
+    async with open_database(settings) as db:
+        yield Services(db.pool, guard=guard)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -77,25 +86,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.store import WorkStore  # noqa: PLC0415
-
-    async with open_database(settings) as db:
-        work = WorkStore(db.pool)
-        found = await work.find_pending_question(args.question_id)
-        if found is None:
-            if await work.get_answer(args.question_id) is not None:
-                raise ConflictError(f"question {args.question_id} was already answered")
-            raise DaemonError(f"no supervisor waits on question {args.question_id}")
-        choices = found["question"].get("choices") or []
-        if choices and args.text not in choices:
-            raise DaemonError(
-                f"{args.text!r} is not among the choices of question {args.question_id}: "
-                + ", ".join(map(str, choices))
-            )
-        if not await work.record_answer(args.question_id, found["supervisor_id"], args.text,
-                                        args.by):  # fmt: skip
-            raise ConflictError(f"question {args.question_id} was already answered")
-    print(f"answered {args.question_id} (supervisor {found['supervisor_id']})")
+    async with _services(settings) as services:
+        receipt = await services.answer(args.question_id, args.text, by=args.by)
+    print(f"answered {receipt.question_id} (supervisor {receipt.supervisor_id})")
     return 0
 
 
@@ -113,16 +106,15 @@ def _question_line(body: dict[str, Any]) -> str:
 async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.delivery import payload  # noqa: PLC0415 - keep CLI start fast
 
-    async with open_database(settings) as db:
-        states = await Store(db.pool).get_supervisors_with_pending_questions()
-    rows = [(s, q) for s in states for q in s.pending_questions]
+    async with _services(settings) as services:
+        pending = await services.pending_questions()
     if args.json:
-        _print_json([{"supervisorId": str(s.id), **q.to_json()} for s, q in rows])
+        _print_json([item.to_json() for item in pending])
         return 0
-    if not rows:
+    if not pending:
         print("no pending questions")
-    for state, question in rows:
-        print(_question_line(payload(state.id, question, redelivery=False)))
+    for item in pending:
+        print(_question_line(payload(item.supervisor_id, item.question, redelivery=False)))
     return 0
 
 
@@ -153,9 +145,8 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
 
                 tg.start_soon(stop_on_signal)
                 # Listening first, then listing: a question asked in between shows once.
-                for state in await Store(db.pool).get_supervisors_with_pending_questions():
-                    for question in state.pending_questions:
-                        show(payload(state.id, question, redelivery=False))
+                for item in await Services(db.pool).pending_questions():
+                    show(payload(item.supervisor_id, item.question, redelivery=False))
                 async for body in feed:
                     show(body)
                 tg.cancel_scope.cancel()  # the feed ended: its connection was lost
@@ -165,23 +156,13 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
 
 
 async def cmd_tasks_complete(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.models import TaskStatus  # noqa: PLC0415
-    from daemon.store import WorkStore  # noqa: PLC0415
-
     try:
         result = json.loads(args.result) if args.result is not None else None
     except json.JSONDecodeError as exc:
         raise DaemonError(f"--result is not JSON: {exc}") from None
-    async with open_database(settings) as db:
-        store = Store(db.pool)
-        task = await store.get_task(args.task_id)
-        if task is None:
-            raise DaemonError(f"task {args.task_id} does not exist")
-        if not await WorkStore(db.pool).set_task_status(
-            args.task_id, TaskStatus(args.status), result
-        ):
-            raise ConflictError(f"task {args.task_id} has already finished ({task.status.value})")
-    print(f"task {args.task_id} {args.status}")
+    async with _services(settings) as services:
+        task = await services.complete_task(args.task_id, TaskStatus(args.status), result)
+    print(f"task {task.id} {task.status.value}")
     return 0
 
 
@@ -213,8 +194,8 @@ def _summary(state: SupervisorState) -> str:
 
 
 async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        states = await Store(db.pool).list_supervisors(state=args.state, limit=args.limit)
+    async with _services(settings) as services:
+        states = await services.list_supervisors(state=args.state, limit=args.limit)
     if args.json:
         _print_json([s.to_json() for s in states])
     elif not states:
@@ -227,41 +208,24 @@ async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> 
 
 
 async def cmd_supervisors_show(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        state = await Store(db.pool).get_supervisor(args.id)
-    if state is None:
-        raise DaemonError(f"supervisor {args.id} does not exist")
-    _print_json(state.to_json())
+    async with _services(settings) as services:
+        page = await services.supervisor(args.id)
+    _print_json(page.to_json())
     return 0
 
 
 async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
-    state = SupervisorState(
-        id=uuid.uuid4(),
-        contract_id=args.contract_id or uuid.uuid4(),
-        task_id=uuid.uuid4(),
-        phase=args.phase,
-        last_activity=now,
-        created_at=now,
-        updated_at=now,
-        agent=args.agent,
-    )
-    async with open_database(settings) as db:
-        saved = await Store(db.pool).save_supervisor_state_full(state)
+    async with _services(settings) as services:
+        saved = await services.create_supervisor(
+            agent=args.agent, contract_id=args.contract_id, phase=args.phase
+        )
     print(saved.id)
     return 0
 
 
 async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.store import EventStore  # noqa: PLC0415
-
-    async with open_database(settings) as db:
-        if await Store(db.pool).get_supervisor(args.id) is None:
-            raise DaemonError(f"supervisor {args.id} does not exist")
-        entries = await EventStore(db.pool).list_events(
-            args.id, after_seq=args.after, limit=args.limit
-        )
+    async with _services(settings) as services:
+        entries = await services.history(args.id, after=args.after, limit=args.limit)
     if args.json:
         _print_json(entries)
         return 0
@@ -278,12 +242,9 @@ async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
-    from daemon.runtime.restore import restore_manually  # noqa: PLC0415
 
-    async with open_database(settings) as db:
-        outcome = await restore_manually(db.pool, args.id, guard=crash_loop_guard(settings))
-    if outcome is None:
-        raise DaemonError(f"supervisor {args.id} does not exist")
+    async with _services(settings, guard=crash_loop_guard(settings)) as services:
+        outcome = await services.restore(args.id)
     if args.json:
         _print_json(
             {
@@ -300,14 +261,9 @@ async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.store import DaemonRegistry  # noqa: PLC0415
-
-    async with open_database(settings) as db:
-        daemons = await DaemonRegistry(db.pool).list()
-        states = await Store(db.pool).list_supervisors(limit=100_000)
-    counts: dict[str, int] = {}
-    for state in states:
-        counts[state.state.value] = counts.get(state.state.value, 0) + 1
+    async with _services(settings) as services:
+        daemons = await services.daemons()
+        counts = await services.count_supervisors()
     if args.json:
         _print_json({"daemons": daemons, "supervisors": counts})
         return 0
@@ -317,7 +273,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
             f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}"
         )
-    print(f"supervisors: {len(states)}")
+    print(f"supervisors: {sum(counts.values())}")
     for name, count in sorted(counts.items()):
         print(f"  {name:<18} {count}")
     return 0

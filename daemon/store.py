@@ -234,11 +234,18 @@ class DaemonRegistry:
         self._pool = pool
 
     async def register(
-        self, daemon_id: str, *, hostname: str, pid: int, version: str, lease_s: float
+        self,
+        daemon_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        version: str,
+        lease_s: float,
+        capacity: int | None = None,
     ) -> None:
         with map_db_errors():
             await self._pool.execute(
-                queries["register_daemon"], daemon_id, hostname, pid, version, lease_s
+                queries["register_daemon"], daemon_id, hostname, pid, version, lease_s, capacity
             )
 
     async def renew_lease(self, daemon_id: str, lease_s: float) -> bool:
