@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from daemon import __version__, logs
+from daemon import __version__, cli_text, logs
 from daemon.config import Settings, load_settings
 from daemon.db import migrations
 from daemon.db.database import open_database
@@ -40,9 +40,9 @@ from daemon.errors import (
     LeaseLostError,
     MigrationError,
 )
-from daemon.models import PHASES, SupervisorState, SupervisorStateKind, TaskStatus
+from daemon.models import PHASES, SupervisorStateKind, TaskStatus
 from daemon.restoration import CrashLoopGuard
-from daemon.services import Services
+from daemon.services import Services, parse_id
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
 
@@ -52,6 +52,16 @@ def _uuid(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _typed_id(text: str) -> str:
+    """An id as a person types it: a whole UUID or a unique prefix of 4+ hex digits
+    (the services resolve it; an ambiguous one lists its candidates)."""
+    try:
+        parse_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _print_json(value: Any) -> None:
@@ -92,17 +102,6 @@ async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _question_line(body: dict[str, Any]) -> str:
-    """A question, as delivered (the NOTIFY/webhook body), in two lines for people."""
-    choices = body.get("choices") or []
-    shown = f"  [{' / '.join(map(str, choices))}]" if choices else ""
-    again = "  (redelivered)" if body.get("redelivery") else ""
-    return (
-        f"{body.get('questionId')}  supervisor {body.get('supervisorId')}"
-        f"  ({body.get('questionType')}){again}\n    {body.get('question')}{shown}"
-    )
-
-
 async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.delivery import payload  # noqa: PLC0415 - keep CLI start fast
 
@@ -114,7 +113,7 @@ async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> in
     if not pending:
         print("no pending questions")
     for item in pending:
-        print(_question_line(payload(item.supervisor_id, item.question, redelivery=False)))
+        print(cli_text.question_line(payload(item.supervisor_id, item.question, redelivery=False)))
     return 0
 
 
@@ -130,7 +129,7 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
         if question_id in seen:  # redelivered on a restoration: shown already
             return
         seen.add(question_id)
-        print(json.dumps(body) if args.json else _question_line(body), flush=True)
+        print(json.dumps(body) if args.json else cli_text.question_line(body), flush=True)
 
     stopped = False
     async with open_database(settings) as db, question_feed(db.pool) as feed:
@@ -179,38 +178,36 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
             rows = await migrations.status(conn)
         finally:
             await conn.close()
-    for row in rows:
-        when = row.applied_at.isoformat(timespec="seconds") if row.applied_at else ""
-        print(f"{row.state:<8} {row.name}  {when}".rstrip())
+    if args.json:
+        _print_json([{"name": r.name, "state": r.state, "appliedAt": r.applied_at} for r in rows])
+    elif rows:
+        print(cli_text.migrations(rows))
     return 0 if all(row.state == "applied" for row in rows) else 1
-
-
-def _summary(state: SupervisorState) -> str:
-    activity = state.current_activity or ""
-    return (
-        f"{state.id}  {state.state.value:<17} {state.phase:<10} {state.progress:>3}%  "
-        f"{len(state.pending_questions)}q  {activity}"
-    )
 
 
 async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> int:
     async with _services(settings) as services:
-        states = await services.list_supervisors(state=args.state, limit=args.limit)
+        states = await services.list_supervisors(
+            state=args.state, phase=args.phase, daemon_id=args.daemon, limit=args.limit
+        )
     if args.json:
         _print_json([s.to_json() for s in states])
     elif not states:
         print("no supervisors")
     else:
-        print("ID                                    STATE             PHASE      PROG  QUESTIONS")
+        print(cli_text.SUMMARY_HEADER)
         for state in states:
-            print(_summary(state))
+            print(cli_text.summary(state))
     return 0
 
 
 async def cmd_supervisors_show(settings: Settings, args: argparse.Namespace) -> int:
     async with _services(settings) as services:
         page = await services.supervisor(args.id)
-    _print_json(page.to_json())
+    if args.json:
+        _print_json(page.to_json())
+    else:
+        print(cli_text.supervisor_page(page))
     return 0
 
 
@@ -229,14 +226,7 @@ async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(entries)
         return 0
-    if not entries:
-        print("no events")
-    for entry in entries:
-        payload = json.dumps(entry["payload"], separators=(",", ":"))
-        print(
-            f"{entry['seq']:>6}  {entry['created_at']:%Y-%m-%d %H:%M:%S}  "
-            f"{entry['kind']:<18} {payload}"
-        )
+    print(cli_text.history(entries))
     return 0
 
 
@@ -267,15 +257,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"daemons": daemons, "supervisors": counts})
         return 0
-    print(f"daemons: {len(daemons)}")
-    for d in daemons:
-        print(
-            f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
-            f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}"
-        )
-    print(f"supervisors: {sum(counts.values())}")
-    for name, count in sorted(counts.items()):
-        print(f"  {name:<18} {count}")
+    print(cli_text.status(daemons, counts))
     return 0
 
 
@@ -285,8 +267,8 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def _add_work_commands(sub: Any) -> None:
     """The commands people use while supervisors work: answers and tasks."""
     answer = sub.add_parser("answer", help="answer a supervisor's question")
-    answer.add_argument("question_id", type=_uuid)
-    answer.add_argument("text")
+    answer.add_argument("question_id", type=_typed_id, metavar="QUESTION_ID")
+    answer.add_argument("text", help="the answer, or the number of a choice (1 = the first)")
     answer.add_argument("--by", default=None, help="who answers (recorded with the answer)")
     answer.set_defaults(func=cmd_answer)
 
@@ -304,7 +286,7 @@ def _add_work_commands(sub: Any) -> None:
     tasks = sub.add_parser("tasks", help="report on spawned tasks")
     tasks_sub = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
     complete = tasks_sub.add_parser("complete", help="finish a task from outside")
-    complete.add_argument("task_id", type=_uuid)
+    complete.add_argument("task_id", type=_typed_id, metavar="TASK_ID")
     complete.add_argument(
         "--status", default="succeeded", choices=["succeeded", "failed", "cancelled"]
     )
@@ -335,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list each migration as applied or pending; change nothing",
     )
+    migrate.add_argument("--json", action="store_true", help="with --status: as JSON")
     migrate.set_defaults(func=cmd_migrate)
 
     status = sub.add_parser("status", help="daemons and supervisor counts")
@@ -342,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     history = sub.add_parser("history", help="a supervisor's event journal, oldest first")
-    history.add_argument("id", type=_uuid)
+    history.add_argument("id", type=_typed_id, metavar="ID")
     history.add_argument(
         "--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number"
     )
@@ -353,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser(
         "restore", help="restore one supervisor now (source manual; also unparks a blocked one)"
     )
-    restore.add_argument("id", type=_uuid)
+    restore.add_argument("id", type=_typed_id, metavar="ID")
     restore.add_argument("--json", action="store_true")
     restore.set_defaults(func=cmd_restore)
 
@@ -361,11 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     sups_sub = sups.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = sups_sub.add_parser("list", help="list supervisors, newest first")
     lst.add_argument("--state", type=SupervisorStateKind, choices=list(SupervisorStateKind))
+    lst.add_argument("--phase", choices=PHASES)
+    lst.add_argument("--daemon", metavar="DAEMON_ID", help="only those this daemon owns")
     lst.add_argument("--limit", type=int, default=100)
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_supervisors_list)
-    show = sups_sub.add_parser("show", help="one supervisor's full state as JSON")
-    show.add_argument("id", type=_uuid)
+    show = sups_sub.add_parser(
+        "show", help="one supervisor: state, questions, tasks, restorations, recent journal"
+    )
+    show.add_argument("id", type=_typed_id, metavar="ID")
+    show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_supervisors_show)
     create = sups_sub.add_parser("create", help="start a contract with an agent")
     create.add_argument(
