@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import anyio
 
 from daemon import __version__, cli_text, logs
-from daemon.config import Settings, load_settings
+from daemon.config import Settings, load_settings, web_address
 from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.db.pool import connect
@@ -52,6 +53,13 @@ def _uuid(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _web_address(text: str) -> tuple[str, int]:
+    try:
+        return web_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _typed_id(text: str) -> str:
@@ -92,6 +100,15 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     await run_daemon(settings, demo=args.demo)
+    return 0
+
+
+async def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
+    from daemon.web.serve import serve  # noqa: PLC0415 - keep CLI start fast
+
+    address = args.address or settings.web_address
+    await serve(dataclasses.replace(settings, web_address=address), crash_loop_guard(settings))
     return 0
 
 
@@ -311,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_work_commands(sub)
 
+    web = sub.add_parser("web", help="serve the web page: questions inbox, supervisors, daemons")
+    web.add_argument("--address", type=_web_address, metavar="HOST:PORT",
+                     help="default 127.0.0.1:8765 or $SUPERVISOR_DAEMON_WEB_ADDRESS")  # fmt: skip
+    web.set_defaults(func=cmd_web)
+
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument(
         "--status",
@@ -382,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(config_file=args.config)
         logs.configure(log_format=settings.log_format, level=settings.log_level)
+        logs.register_secret(settings.web_token)
         if settings.database_url:
             from daemon.db.database import register_dsn_secret  # noqa: PLC0415
 

@@ -67,6 +67,10 @@ class Settings:
     webhook_url: str | None = None
     # host:port to serve Prometheus metrics on (/metrics); unset: no metrics server.
     metrics_address: tuple[str, int] | None = None
+    # `supervisor-daemon web`: where it listens, and the token it asks for (required
+    # on any address but loopback). Never shown: not in repr, masked in logs.
+    web_address: tuple[str, int] = ("127.0.0.1", 8765)
+    web_token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -113,6 +117,32 @@ def _address(value: Any) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("must be host:port, for example 127.0.0.1:9464")
     return host, int(port)
+
+
+def web_address(value: Any) -> tuple[str, int]:
+    try:
+        address = _address(value)
+    except ValueError:
+        address = None
+    if address is None:
+        raise ValueError("must be host:port, for example 127.0.0.1:8765")
+    return address
+
+
+WEB_TOKEN_MIN_CHARS = 16
+
+
+def _web_token(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) < WEB_TOKEN_MIN_CHARS or any(ch.isspace() for ch in text):
+        # (The value itself is never echoed: it is a secret.)
+        raise ValueError(
+            f"must be at least {WEB_TOKEN_MIN_CHARS} characters without spaces, for example"
+            " the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return text
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
@@ -165,6 +195,8 @@ _CONVERTERS: dict[str, Any] = {
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,
     "metrics_address": _address,
+    "web_address": web_address,
+    "web_token": _web_token,
 }
 
 
