@@ -120,13 +120,12 @@ def _address(value: Any) -> tuple[str, int] | None:
 
 
 def web_address(value: Any) -> tuple[str, int]:
-    try:
-        address = _address(value)
-    except ValueError:
-        address = None
-    if address is None:
+    """host:port for the web page; port 0 lets the system choose a free one."""
+    host, sep, port = str(value).strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("must be host:port, for example 127.0.0.1:8765")
-    return address
+    return host, int(port)
 
 
 WEB_TOKEN_MIN_CHARS = 16

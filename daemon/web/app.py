@@ -110,12 +110,18 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, default=str, ensure_ascii=False)
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), default=str, ensure_ascii=False)
+
+
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,  # every template, whatever its name: agents' text is data
     )
-    env.filters.update(ago=_ago, when=_when, pretty=_pretty, short=lambda v: str(v)[:8])
+    env.filters.update(
+        ago=_ago, when=_when, pretty=_pretty, compact=_compact, short=lambda v: str(v)[:8]
+    )
     env.globals.update(states=[s.value for s in SupervisorStateKind], phases=PHASES)
     return env
 

@@ -54,17 +54,28 @@ class Live:
         self._known: set[str] | None = None  # pending ids as last read; None: not read yet
         self.listening = False
         self._woken = anyio.Event()
+        self._closed = False
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[MemoryObjectReceiveStream[News]]:
         send, receive = anyio.create_memory_object_stream[News](self._buffer)
-        self._subscribers.add(send)
+        if self._closed:
+            send.close()  # stopping: the stream ends at once
+        else:
+            self._subscribers.add(send)
         try:
             yield receive
         finally:
             self._subscribers.discard(send)
             send.close()
             receive.close()
+
+    def close(self) -> None:
+        """End every open stream (the server stops: pages reconnect to the next one)."""
+        self._closed = True
+        for send in list(self._subscribers):
+            send.close()
+        self._subscribers.clear()
 
     def publish(self, kind: str, question_id: str) -> None:
         """Tell every open page; a page too far behind misses news rather than stalling

@@ -74,7 +74,10 @@ async def events(request: Request) -> Response:
                 yield _sse("question", str(item.question.id))
             while True:
                 with anyio.move_on_after(KEEPALIVE_S) as waited:
-                    item_news = await news.receive()
+                    try:
+                        item_news = await news.receive()
+                    except anyio.EndOfStream:
+                        return  # the server is stopping
                 if waited.cancelled_caught:
                     yield ": keepalive\n\n"
                     continue

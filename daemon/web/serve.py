@@ -1,5 +1,8 @@
 """`supervisor-daemon web`: serve the page from the database, with or without a daemon.
 
+It applies pending migrations at start, as `run` does (an advisory lock serialises
+the two), so it can be the first thing started on a new database.
+
 Refuses to start (ConfigError, exit 78) on an address other than loopback without a
 token, and on an address it cannot bind. SIGTERM or SIGINT stops it: open event
 streams are closed within a second or two.
@@ -17,6 +20,7 @@ import anyio
 import uvicorn
 
 from daemon.config import Settings
+from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
@@ -70,6 +74,9 @@ async def serve(settings: Settings, guard: CrashLoopGuard) -> None:
     port = sock.getsockname()[1]  # port 0: the one the system chose
     shown = f"[{host}]" if ":" in host else host
     async with open_database(settings) as db:
+        # Like `run`: the page may be the first thing started on a new database.
+        async with db.pool.acquire() as conn:
+            await migrations.migrate(conn)
         services = Services(db.pool, guard=guard)
         live = Live(db.pool, services)
         app = create_app(services, live=live, token=settings.web_token, loopback=loopback)
@@ -84,7 +91,7 @@ async def serve(settings: Settings, guard: CrashLoopGuard) -> None:
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(live.run)
-            tg.start_soon(_stop_on_signal, server)
+            tg.start_soon(_stop_on_signal, server, live)
             log.info("web.serving", address=f"{shown}:{port}", token=settings.web_token is not None)
             print(f"serving the web page at http://{shown}:{port}/ (Ctrl-C stops)",
                   file=sys.stderr, flush=True)  # fmt: skip
@@ -95,10 +102,11 @@ async def serve(settings: Settings, guard: CrashLoopGuard) -> None:
                 tg.cancel_scope.cancel()
 
 
-async def _stop_on_signal(server: uvicorn.Server) -> None:
+async def _stop_on_signal(server: uvicorn.Server, live: Live) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("web.stopping", signal=signal.Signals(signum).name)
             if server.should_exit:
                 server.force_exit = True
             server.should_exit = True
+            live.close()  # open event streams end, so the server stops at once
