@@ -285,3 +285,19 @@ def test_another_address_needs_a_token() -> None:
     weak = run_cli("web", env={"SUPERVISOR_DAEMON_WEB_TOKEN": "short"})
     assert weak.returncode == 78
     assert "short" not in weak.stderr
+
+
+async def test_a_database_gone_mid_request_is_a_503_without_details(dsn: str) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    assert pool is not None
+    await pool.close()  # every query now fails as a lost connection would
+    async with _client(pool) as client:
+        page = await client.get("/")
+        assert page.status_code == 503
+        assert "database cannot be reached" in page.text
+        assert dsn not in page.text
+        api = await client.get("/api/questions")
+        assert api.status_code == 503
+        assert api.json() == {
+            "error": "the database cannot be reached or refused the operation; try again shortly"
+        }

@@ -124,9 +124,11 @@ async def supervisor(request: Request) -> Response:
     return Json(page.to_json())
 
 
-async def conversation(request: Request) -> Response:
+async def _paged(request: Request, kind: str) -> Response:
+    services = web(request).services
+    read = services.conversation if kind == "conversation" else services.journal
     try:
-        page = await web(request).services.conversation(
+        page = await read(
             request.path_params["supervisor_id"],
             before=_before(request),
             limit=_limit(request, 50, 1000),
@@ -134,18 +136,14 @@ async def conversation(request: Request) -> Response:
     except (DaemonError, ValueError) as exc:
         return _error(exc)
     return Json(page.to_json())
+
+
+async def conversation(request: Request) -> Response:
+    return await _paged(request, "conversation")
 
 
 async def journal(request: Request) -> Response:
-    try:
-        page = await web(request).services.journal(
-            request.path_params["supervisor_id"],
-            before=_before(request),
-            limit=_limit(request, 50, 1000),
-        )
-    except (DaemonError, ValueError) as exc:
-        return _error(exc)
-    return Json(page.to_json())
+    return await _paged(request, "journal")
 
 
 async def restore(request: Request) -> Response:

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
@@ -32,12 +32,13 @@ from daemon.errors import (
     DatabaseError,
     NotFoundError,
 )
-from daemon.logs import redact
+from daemon.logs import get_logger, redact
 from daemon.models import PHASES, SupervisorStateKind
 from daemon.services import Services
 from daemon.web.live import Live
 from daemon.web.security import LOOPBACK_NAMES, Csrf, SecurityMiddleware
 
+log = get_logger()
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 64 * 1024
 
@@ -142,6 +143,15 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+async def _daemon_error(request: Request, exc: Exception) -> Response:
+    """An error no handler expected (the database went away mid-page): its gist, in the
+    form the caller reads, never a driver's message."""
+    log.warning("web.request_failed", path=request.url.path, error=redact(str(exc)))
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message_of(exc)}, status_code=status_of(exc))
+    return render(request, "error.html", status_of(exc), message=message_of(exc))
+
+
 def create_app(
     services: Services,
     *,
@@ -163,11 +173,13 @@ def create_app(
     if loopback:
         allowed = [*LOOPBACK_NAMES, *extra_hosts]
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed))
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers={})
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers={DaemonError: _daemon_error}
+    )
     app.state.web = Web(
         services=services, live=live, csrf=Csrf(), token=token, templates=templates()
     )
     return app
 
 
-__all__ = ["DaemonError", "Web", "create_app", "message_of", "read_form", "render", "status_of"]
+__all__ = ["Web", "create_app", "message_of", "read_form", "render", "status_of"]
