@@ -21,7 +21,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -46,6 +46,7 @@ from daemon.restoration import CrashLoopGuard
 from daemon.services import Services, parse_id
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+T = TypeVar("T")
 
 
 def _uuid(text: str) -> uuid.UUID:
@@ -55,21 +56,22 @@ def _uuid(text: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
 
 
-def _web_address(text: str) -> tuple[str, int]:
-    try:
-        return web_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _checked(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a converter whose ValueError says what is wrong (exit 2)."""
+
+    def checked(text: str) -> T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
 
 
-def _typed_id(text: str) -> str:
-    """An id as a person types it: a whole UUID or a unique prefix of 4+ hex digits
-    (the services resolve it; an ambiguous one lists its candidates)."""
-    try:
-        parse_id(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_web_address = _checked(web_address)
+# An id as a person types it: a whole UUID or a unique prefix of 4+ hex digits (the
+# services resolve it; an ambiguous one lists its candidates).
+_typed_id = _checked(lambda text: parse_id(text).text)
 
 
 def _print_json(value: Any) -> None:
@@ -96,7 +98,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             "demo: two supervisors walk a contract through plan -> implement -> review.\n"
             "When one asks its question, answer it from a second terminal:\n"
             "  .venv/bin/supervisor-daemon questions list\n"
-            "  .venv/bin/supervisor-daemon answer QUESTION_ID yes",
+            "  .venv/bin/supervisor-daemon answer QUESTION_ID yes\n"
+            "or click it on the web page: `make web`, then http://127.0.0.1:8765/",
             file=sys.stderr,
         )
     await run_daemon(settings, demo=args.demo)
