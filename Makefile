@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run web screenshots test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/supervisor-daemon run --demo
+
+web: $(STAMP)
+	$(BIN)/supervisor-daemon web
+
+# The README's pictures of the web page, taken by the browser test's own run.
+screenshots: $(STAMP)
+	SCREENSHOTS_DIR=docs $(BIN)/pytest tests/test_web_browser.py -k live_inbox
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests bench

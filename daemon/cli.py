@@ -12,20 +12,21 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
-from daemon import __version__, logs
-from daemon.config import Settings, load_settings
+from daemon import __version__, cli_text, logs
+from daemon.config import Settings, load_settings, web_address
 from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.db.pool import connect
@@ -34,17 +35,18 @@ from daemon.errors import (
     EX_SOFTWARE,
     EX_UNAVAILABLE,
     ConfigError,
-    ConflictError,
     DaemonCrashedError,
     DaemonError,
     DatabaseUnavailableError,
     LeaseLostError,
     MigrationError,
 )
-from daemon.models import PHASES, SupervisorState, SupervisorStateKind
-from daemon.store import Store
+from daemon.models import PHASES, SupervisorStateKind, TaskStatus
+from daemon.restoration import CrashLoopGuard
+from daemon.services import Services, parse_id
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+T = TypeVar("T")
 
 
 def _uuid(text: str) -> uuid.UUID:
@@ -54,8 +56,35 @@ def _uuid(text: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
 
 
+def _checked(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a converter whose ValueError says what is wrong (exit 2)."""
+
+    def checked(text: str) -> T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
+
+
+_web_address = _checked(web_address)
+# An id as a person types it: a whole UUID or a unique prefix of 4+ hex digits (the
+# services resolve it; an ambiguous one lists its candidates).
+_typed_id = _checked(lambda text: parse_id(text).text)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+@contextlib.asynccontextmanager
+async def _services(
+    settings: Settings, *, guard: CrashLoopGuard | None = None
+) -> AsyncIterator[Services]:
+    """People's commands over the configured database, for one CLI command."""
+    async with open_database(settings) as db:
+        yield Services(db.pool, guard=guard)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -69,64 +98,42 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             "demo: two supervisors walk a contract through plan -> implement -> review.\n"
             "When one asks its question, answer it from a second terminal:\n"
             "  .venv/bin/supervisor-daemon questions list\n"
-            "  .venv/bin/supervisor-daemon answer QUESTION_ID yes",
+            "  .venv/bin/supervisor-daemon answer QUESTION_ID yes\n"
+            "or click it on the web page: `make web`, then http://127.0.0.1:8765/",
             file=sys.stderr,
         )
     await run_daemon(settings, demo=args.demo)
     return 0
 
 
-async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon import limits  # noqa: PLC0415
-    from daemon.store import WorkStore  # noqa: PLC0415
+async def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
+    from daemon.web.serve import serve  # noqa: PLC0415 - keep CLI start fast
 
-    limits.text("answer", args.text)  # what the supervisor will record, checked now
-    async with open_database(settings) as db:
-        work = WorkStore(db.pool)
-        found = await work.find_pending_question(args.question_id)
-        if found is None:
-            if await work.get_answer(args.question_id) is not None:
-                raise ConflictError(f"question {args.question_id} was already answered")
-            raise DaemonError(f"no supervisor waits on question {args.question_id}")
-        choices = found["question"].get("choices") or []
-        if choices and args.text not in choices:
-            raise DaemonError(
-                f"{args.text!r} is not among the choices of question {args.question_id}: "
-                + ", ".join(map(str, choices))
-            )
-        if not await work.record_answer(args.question_id, found["supervisor_id"], args.text,
-                                        args.by):  # fmt: skip
-            raise ConflictError(f"question {args.question_id} was already answered")
-    print(f"answered {args.question_id} (supervisor {found['supervisor_id']})")
+    address = args.address or settings.web_address
+    await serve(dataclasses.replace(settings, web_address=address), crash_loop_guard(settings))
     return 0
 
 
-def _question_line(body: dict[str, Any]) -> str:
-    """A question, as delivered (the NOTIFY/webhook body), in two lines for people."""
-    choices = body.get("choices") or []
-    shown = f"  [{' / '.join(map(str, choices))}]" if choices else ""
-    again = "  (redelivered)" if body.get("redelivery") else ""
-    if body.get("truncated"):  # answered before the whole of it could be read
-        again += "  (preview)"
-    return (
-        f"{body.get('questionId')}  supervisor {body.get('supervisorId')}"
-        f"  ({body.get('questionType')}){again}\n    {body.get('question')}{shown}"
-    )
+async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
+    async with _services(settings) as services:
+        receipt = await services.answer(args.question_id, args.text, by=args.by)
+    print(f"answered {receipt.question_id} (supervisor {receipt.supervisor_id})")
+    return 0
 
 
 async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.delivery import payload  # noqa: PLC0415 - keep CLI start fast
 
-    async with open_database(settings) as db:
-        states = await Store(db.pool).get_supervisors_with_pending_questions()
-    rows = [(s, q) for s in states for q in s.pending_questions]
+    async with _services(settings) as services:
+        pending = await services.pending_questions()
     if args.json:
-        _print_json([{"supervisorId": str(s.id), **q.to_json()} for s, q in rows])
+        _print_json([item.to_json() for item in pending])
         return 0
-    if not rows:
+    if not pending:
         print("no pending questions")
-    for state, question in rows:
-        print(_question_line(payload(state.id, question, redelivery=False)))
+    for item in pending:
+        print(cli_text.question_line(payload(item.supervisor_id, item.question, redelivery=False)))
     return 0
 
 
@@ -160,7 +167,7 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
         if question_id in seen:  # redelivered on a restoration: shown already
             return
         seen.add(question_id)
-        print(json.dumps(body) if args.json else _question_line(body), flush=True)
+        print(json.dumps(body) if args.json else cli_text.question_line(body), flush=True)
 
     stopped = False
     async with open_database(settings) as db, question_feed(db.pool) as feed:
@@ -175,9 +182,8 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
 
                 tg.start_soon(stop_on_signal)
                 # Listening first, then listing: a question asked in between shows once.
-                for state in await Store(db.pool).get_supervisors_with_pending_questions():
-                    for question in state.pending_questions:
-                        show(payload(state.id, question, redelivery=False))
+                for item in await Services(db.pool).pending_questions():
+                    show(payload(item.supervisor_id, item.question, redelivery=False))
                 async for body in feed:
                     if str(body.get("questionId")) not in seen:
                         show(await _whole(WorkStore(db.pool), body))
@@ -188,23 +194,13 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
 
 
 async def cmd_tasks_complete(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.models import TaskStatus  # noqa: PLC0415
-    from daemon.store import WorkStore  # noqa: PLC0415
-
     try:
         result = json.loads(args.result) if args.result is not None else None
     except json.JSONDecodeError as exc:
         raise DaemonError(f"--result is not JSON: {exc}") from None
-    async with open_database(settings) as db:
-        store = Store(db.pool)
-        task = await store.get_task(args.task_id)
-        if task is None:
-            raise DaemonError(f"task {args.task_id} does not exist")
-        if not await WorkStore(db.pool).set_task_status(
-            args.task_id, TaskStatus(args.status), result
-        ):
-            raise ConflictError(f"task {args.task_id} has already finished ({task.status.value})")
-    print(f"task {args.task_id} {args.status}")
+    async with _services(settings) as services:
+        task = await services.complete_task(args.task_id, TaskStatus(args.status), result)
+    print(f"task {task.id} {task.status.value}")
     return 0
 
 
@@ -221,92 +217,63 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
             rows = await migrations.status(conn)
         finally:
             await conn.close()
-    for row in rows:
-        when = row.applied_at.isoformat(timespec="seconds") if row.applied_at else ""
-        print(f"{row.state:<8} {row.name}  {when}".rstrip())
+    if args.json:
+        _print_json([{"name": r.name, "state": r.state, "appliedAt": r.applied_at} for r in rows])
+    elif rows:
+        print(cli_text.migrations(rows))
     return 0 if all(row.state == "applied" for row in rows) else 1
 
 
-def _summary(state: SupervisorState) -> str:
-    activity = state.current_activity or ""
-    return (
-        f"{state.id}  {state.state.value:<17} {state.phase:<10} {state.progress:>3}%  "
-        f"{len(state.pending_questions)}q  {activity}"
-    )
-
-
 async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        states = await Store(db.pool).list_supervisors(state=args.state, limit=args.limit)
+    async with _services(settings) as services:
+        states = await services.list_supervisors(
+            state=args.state, phase=args.phase, daemon_id=args.daemon, limit=args.limit
+        )
     if args.json:
         _print_json([s.to_json() for s in states])
     elif not states:
         print("no supervisors")
     else:
-        print("ID                                    STATE             PHASE      PROG  QUESTIONS")
+        print(cli_text.SUMMARY_HEADER)
         for state in states:
-            print(_summary(state))
+            print(cli_text.summary(state))
     return 0
 
 
 async def cmd_supervisors_show(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        state = await Store(db.pool).get_supervisor(args.id)
-    if state is None:
-        raise DaemonError(f"supervisor {args.id} does not exist")
-    _print_json(state.to_json())
+    async with _services(settings) as services:
+        page = await services.supervisor(args.id)
+    if args.json:
+        _print_json(page.to_json())
+    else:
+        print(cli_text.supervisor_page(page))
     return 0
 
 
 async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
-    state = SupervisorState(
-        id=uuid.uuid4(),
-        contract_id=args.contract_id or uuid.uuid4(),
-        task_id=uuid.uuid4(),
-        phase=args.phase,
-        last_activity=now,
-        created_at=now,
-        updated_at=now,
-        agent=args.agent,
-    )
-    async with open_database(settings) as db:
-        saved = await Store(db.pool).save_supervisor_state_full(state)
+    async with _services(settings) as services:
+        saved = await services.create_supervisor(
+            agent=args.agent, contract_id=args.contract_id, phase=args.phase
+        )
     print(saved.id)
     return 0
 
 
 async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.store import EventStore  # noqa: PLC0415
-
-    async with open_database(settings) as db:
-        if await Store(db.pool).get_supervisor(args.id) is None:
-            raise DaemonError(f"supervisor {args.id} does not exist")
-        entries = await EventStore(db.pool).list_events(
-            args.id, after_seq=args.after, limit=args.limit
-        )
+    async with _services(settings) as services:
+        entries = await services.history(args.id, after=args.after, limit=args.limit)
     if args.json:
         _print_json(entries)
         return 0
-    if not entries:
-        print("no events")
-    for entry in entries:
-        payload = json.dumps(entry["payload"], separators=(",", ":"))
-        print(
-            f"{entry['seq']:>6}  {entry['created_at']:%Y-%m-%d %H:%M:%S}  "
-            f"{entry['kind']:<18} {payload}"
-        )
+    print(cli_text.history(entries))
     return 0
 
 
 async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
-    from daemon.runtime.restore import restore_manually  # noqa: PLC0415
 
-    async with open_database(settings) as db:
-        outcome = await restore_manually(db.pool, args.id, guard=crash_loop_guard(settings))
-    if outcome is None:
-        raise DaemonError(f"supervisor {args.id} does not exist")
+    async with _services(settings, guard=crash_loop_guard(settings)) as services:
+        outcome = await services.restore(args.id)
     if args.json:
         _print_json(
             {
@@ -323,26 +290,13 @@ async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.store import DaemonRegistry  # noqa: PLC0415
-
-    async with open_database(settings) as db:
-        daemons = await DaemonRegistry(db.pool).list()
-        states = await Store(db.pool).list_supervisors(limit=100_000)
-    counts: dict[str, int] = {}
-    for state in states:
-        counts[state.state.value] = counts.get(state.state.value, 0) + 1
+    async with _services(settings) as services:
+        daemons = await services.daemons()
+        counts = await services.count_supervisors()
     if args.json:
         _print_json({"daemons": daemons, "supervisors": counts})
         return 0
-    print(f"daemons: {len(daemons)}")
-    for d in daemons:
-        print(
-            f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
-            f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}"
-        )
-    print(f"supervisors: {len(states)}")
-    for name, count in sorted(counts.items()):
-        print(f"  {name:<18} {count}")
+    print(cli_text.status(daemons, counts))
     return 0
 
 
@@ -352,8 +306,8 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def _add_work_commands(sub: Any) -> None:
     """The commands people use while supervisors work: answers and tasks."""
     answer = sub.add_parser("answer", help="answer a supervisor's question")
-    answer.add_argument("question_id", type=_uuid)
-    answer.add_argument("text")
+    answer.add_argument("question_id", type=_typed_id, metavar="QUESTION_ID")
+    answer.add_argument("text", help="the answer, or the number of a choice (1 = the first)")
     answer.add_argument("--by", default=None, help="who answers (recorded with the answer)")
     answer.set_defaults(func=cmd_answer)
 
@@ -371,7 +325,7 @@ def _add_work_commands(sub: Any) -> None:
     tasks = sub.add_parser("tasks", help="report on spawned tasks")
     tasks_sub = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
     complete = tasks_sub.add_parser("complete", help="finish a task from outside")
-    complete.add_argument("task_id", type=_uuid)
+    complete.add_argument("task_id", type=_typed_id, metavar="TASK_ID")
     complete.add_argument(
         "--status", default="succeeded", choices=["succeeded", "failed", "cancelled"]
     )
@@ -396,12 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_work_commands(sub)
 
+    web = sub.add_parser("web", help="serve the web page: questions inbox, supervisors, daemons")
+    web.add_argument("--address", type=_web_address, metavar="HOST:PORT",
+                     help="default 127.0.0.1:8765 or $SUPERVISOR_DAEMON_WEB_ADDRESS")  # fmt: skip
+    web.set_defaults(func=cmd_web)
+
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument(
         "--status",
         action="store_true",
         help="list each migration as applied or pending; change nothing",
     )
+    migrate.add_argument("--json", action="store_true", help="with --status: as JSON")
     migrate.set_defaults(func=cmd_migrate)
 
     status = sub.add_parser("status", help="daemons and supervisor counts")
@@ -409,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     history = sub.add_parser("history", help="a supervisor's event journal, oldest first")
-    history.add_argument("id", type=_uuid)
+    history.add_argument("id", type=_typed_id, metavar="ID")
     history.add_argument(
         "--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number"
     )
@@ -420,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser(
         "restore", help="restore one supervisor now (source manual; also unparks a blocked one)"
     )
-    restore.add_argument("id", type=_uuid)
+    restore.add_argument("id", type=_typed_id, metavar="ID")
     restore.add_argument("--json", action="store_true")
     restore.set_defaults(func=cmd_restore)
 
@@ -428,11 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     sups_sub = sups.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = sups_sub.add_parser("list", help="list supervisors, newest first")
     lst.add_argument("--state", type=SupervisorStateKind, choices=list(SupervisorStateKind))
+    lst.add_argument("--phase", choices=PHASES)
+    lst.add_argument("--daemon", metavar="DAEMON_ID", help="only those this daemon owns")
     lst.add_argument("--limit", type=int, default=100)
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_supervisors_list)
-    show = sups_sub.add_parser("show", help="one supervisor's full state as JSON")
-    show.add_argument("id", type=_uuid)
+    show = sups_sub.add_parser(
+        "show", help="one supervisor: state, questions, tasks, restorations, recent journal"
+    )
+    show.add_argument("id", type=_typed_id, metavar="ID")
+    show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_supervisors_show)
     create = sups_sub.add_parser("create", help="start a contract with an agent")
     create.add_argument(
@@ -461,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(config_file=args.config)
         logs.configure(log_format=settings.log_format, level=settings.log_level)
+        logs.register_secret(settings.web_token)
         if settings.database_url:
             from daemon.db.database import register_dsn_secret  # noqa: PLC0415
 

@@ -85,6 +85,10 @@ class Settings:
     # How often the metrics' database gauges (supervisors by state, pending questions)
     # are read: one scan of supervisor_states each time, never one per scrape.
     metrics_refresh_s: float = 15.0
+    # `supervisor-daemon web`: where it listens, and the token it asks for (required
+    # on any address but loopback). Never shown: not in repr, masked in logs.
+    web_address: tuple[str, int] = ("127.0.0.1", 8765)
+    web_token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -150,6 +154,31 @@ def _address(value: Any) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def web_address(value: Any) -> tuple[str, int]:
+    """host:port for the web page; port 0 lets the system choose a free one."""
+    host, sep, port = str(value).strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("must be host:port, for example 127.0.0.1:8765")
+    return host, int(port)
+
+
+WEB_TOKEN_MIN_CHARS = 16
+
+
+def _web_token(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) < WEB_TOKEN_MIN_CHARS or any(ch.isspace() for ch in text):
+        # (The value itself is never echoed: it is a secret.)
+        raise ValueError(
+            f"must be at least {WEB_TOKEN_MIN_CHARS} characters without spaces, for example"
+            " the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return text
+
+
 def _choice(choices: tuple[str, ...]) -> Any:
     def convert(value: Any) -> str:
         text = str(value).strip().lower()
@@ -203,6 +232,8 @@ _CONVERTERS: dict[str, Any] = {
     "agent_env": _names,
     "metrics_address": _address,
     "metrics_refresh_s": _positive_float,
+    "web_address": web_address,
+    "web_token": _web_token,
 }
 
 

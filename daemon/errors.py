@@ -56,6 +56,22 @@ class InvalidInputError(DaemonError, ValueError):
     the message says which field and why. Nothing was recorded."""
 
 
+class BadChoiceError(DaemonError):
+    """An answer that is not among the question's choices (nor the number of one)."""
+
+    def __init__(self, message: str, choices: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.choices = choices
+
+
+class AmbiguousIdError(DaemonError):
+    """A typed id prefix that names more than one supervisor, question or task."""
+
+    def __init__(self, message: str, candidates: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
 class LeaseLostError(DaemonError):
     """This daemon can no longer count on its lease: other daemons may take its
     supervisors over, so it stops driving them (it exits, and systemd restarts it)."""

@@ -234,11 +234,18 @@ class DaemonRegistry:
         self._pool = pool
 
     async def register(
-        self, daemon_id: str, *, hostname: str, pid: int, version: str, lease_s: float
+        self,
+        daemon_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        version: str,
+        lease_s: float,
+        capacity: int | None = None,
     ) -> None:
         with map_db_errors():
             await self._pool.execute(
-                queries["register_daemon"], daemon_id, hostname, pid, version, lease_s
+                queries["register_daemon"], daemon_id, hostname, pid, version, lease_s, capacity
             )
 
     async def renew_lease(self, daemon_id: str, lease_s: float) -> bool:
@@ -265,7 +272,7 @@ class MetricsStore:
 
     async def supervisors_by_state(self) -> dict[str, int]:
         with map_db_errors():
-            rows = await self._pool.fetch(queries["count_supervisors_by_state"])
+            rows = await self._pool.fetch(queries["count_supervisors_by_state"], None, None)
         return {row["state"]: row["supervisors"] for row in rows}
 
     async def pending_questions(self) -> tuple[int, float]:

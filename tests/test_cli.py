@@ -92,7 +92,7 @@ def test_supervisors_create_list_show(dsn: str) -> None:
     supervisor_id = created.stdout.strip()
     listed = run_cli("supervisors", "list", env=env)
     assert supervisor_id in listed.stdout
-    shown = run_cli("supervisors", "show", supervisor_id, env=env)
+    shown = run_cli("supervisors", "show", supervisor_id, "--json", env=env)
     assert '"agent": "daemon.agents.demo:run"' in shown.stdout
     missing = run_cli("supervisors", "show", "00000000-0000-0000-0000-000000000000", env=env)
     assert missing.returncode == 1

@@ -35,7 +35,7 @@ from tests.test_queue import running
 ROOT = Path(__file__).parent.parent
 DOC = ROOT / "docs" / "logs.md"
 STORIES = ("Start and restoration", "Questions", "Tasks", "Agents", "Queue and database",
-           "Ownership", "Stop")  # fmt: skip
+           "Ownership", "The web page", "Stop")  # fmt: skip
 COMMON_KEYS = {"event", "level", "timestamp", "daemon_id"}
 LEVELS = {"debug", "info", "warning", "error", "critical", "exception"}
 EVENT_NAME = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")

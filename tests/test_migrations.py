@@ -59,6 +59,7 @@ EXPECTED_COLUMNS = {
         "heartbeat_at",
         "lease_expires_at",
         "stopped_at",
+        "capacity",
     },
     "supervisor_tasks": {
         "id",

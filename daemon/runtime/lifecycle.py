@@ -253,7 +253,8 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
         registry = DaemonRegistry(db.pool)
         registered_at = time.monotonic()
         await registry.register(daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
-                                version=__version__, lease_s=settings.lease_s)  # fmt: skip
+                                version=__version__, lease_s=settings.lease_s,
+                                capacity=settings.capacity)  # fmt: skip
         if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
             log.info("demo.created", supervisors=created)
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)

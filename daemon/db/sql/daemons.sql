@@ -1,7 +1,8 @@
 -- register_daemon --
--- Announce a daemon (or its restart) with a fresh lease
-INSERT INTO daemons (id, hostname, pid, version, started_at, heartbeat_at, lease_expires_at)
-VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5))
+-- Announce a daemon (or its restart) with a fresh lease and its capacity ($6)
+INSERT INTO daemons (id, hostname, pid, version, started_at, heartbeat_at, lease_expires_at,
+                     capacity)
+VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5), $6)
 ON CONFLICT (id) DO UPDATE SET
     hostname = EXCLUDED.hostname,
     pid = EXCLUDED.pid,
@@ -9,6 +10,7 @@ ON CONFLICT (id) DO UPDATE SET
     started_at = now(),
     heartbeat_at = now(),
     lease_expires_at = EXCLUDED.lease_expires_at,
+    capacity = EXCLUDED.capacity,
     stopped_at = NULL
 RETURNING *
 

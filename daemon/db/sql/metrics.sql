@@ -1,9 +1,3 @@
--- count_supervisors_by_state --
--- How many supervisors the database holds in each state (every daemon's, for the metrics)
-SELECT state, count(*) AS supervisors
-FROM supervisor_states
-GROUP BY state
-
 -- summarize_pending_questions --
 -- How many questions wait for an answer (as `questions list` shows them) and for how many seconds the oldest has waited; a malformed askedAt is left out of the age, not an error
 SELECT count(*) AS pending,
