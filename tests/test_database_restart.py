@@ -8,9 +8,13 @@ contracts, every task ran once, and the daemon never stopped.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
@@ -23,7 +27,7 @@ import pytest
 
 from tests.test_cli import run_cli
 from tests.test_daemon import daemon_process
-from tests.test_demo_acceptance import _wait_for_lines, _wait_for_states
+from tests.test_demo_acceptance import _wait_for_states
 
 pytestmark = pytest.mark.acceptance
 OUTAGE_S = 3.0
@@ -68,6 +72,35 @@ def own_server() -> Iterator[OwnServer]:
         server.handle.cleanup()
 
 
+class LogLines:
+    """The daemon's JSON log lines, read by a thread: a wait has a deadline even when
+    the daemon falls silent (a supervisor that failed writes nothing more)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        with contextlib.suppress(ValueError, OSError):  # the pipe closed under us: done
+            for line in proc.stderr:
+                if line.startswith("{"):
+                    with self._changed:
+                        self.seen.append(json.loads(line))
+                        self._changed.notify_all()
+
+    def wait_for(self, event: str, count: int, deadline_s: float = 120) -> None:
+        def enough() -> bool:
+            return sum(1 for line in self.seen if line["event"] == event) >= count
+
+        with self._changed:
+            if not self._changed.wait_for(enough, timeout=deadline_s):
+                failed = [line for line in self.seen if line["level"] in ("error", "critical")]
+                raise AssertionError(f"fewer than {count} {event!r} lines; errors: {failed}")
+
+
 def _outage(server: OwnServer) -> None:
     server.crash()
     time.sleep(OUTAGE_S)  # the length of the outage, not a synchronisation
@@ -78,13 +111,14 @@ async def test_the_demo_completes_through_database_crashes(
     own_server: OwnServer, tmp_path: Path
 ) -> None:
     dsn = own_server.dsn
-    seen: list[dict[str, Any]] = []
     with daemon_process(dsn, tmp_path, demo="1") as proc:
+        log = LogLines(proc)
+        seen = log.seen
         # Both supervisors wait for their two tasks each; the tasks finish during the
         # outage, so their statuses are written once the server is back.
-        _wait_for_lines(proc, "task.started", 4, seen)
+        log.wait_for("task.started", 4)
         _outage(own_server)
-        _wait_for_lines(proc, "question.delivered", 2, seen, deadline_s=120)
+        log.wait_for("question.delivered", 2)
         asked = {line["question_id"] for line in seen if line["event"] == "question.delivered"}
         # Both wait for their answer.
         _outage(own_server)
