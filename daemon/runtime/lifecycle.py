@@ -23,7 +23,7 @@ import anyio.abc
 
 from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
-from daemon.db import migrations
+from daemon.db import embedded, migrations
 from daemon.db.database import Database, open_database
 from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, LeaseLostError
 from daemon.logs import get_logger, set_daemon_id
@@ -342,6 +342,8 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
         contracts.clear()
         tune_for_throughput()
         tg.start_soon(collect_on_a_clock)
+        if db.embedded:
+            tg.start_soon(embedded.keep_running, settings.data_dir)
         log.info("daemon.ready", supervisors=restored, agents=agents_started)
         systemd.ready(f"ready: {restored} supervisor(s) restored,"
                       f" {agents_started} agent(s) running")  # fmt: skip
