@@ -7,14 +7,9 @@ with its named issue while the others are restored.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +19,7 @@ import pytest
 
 from daemon.models import SupervisorStateKind
 from daemon.store import Store
+from tests.daemonlog import LogLines
 from tests.factories import new_state
 from tests.test_cli import run_cli
 from tests.test_daemon import daemon_process
@@ -32,41 +28,6 @@ pytestmark = pytest.mark.acceptance
 
 AGENT = Path(__file__).parent / "agents" / "scripted.py"
 DEADLINE_S = 60.0
-
-
-class LogLines:
-    """The daemon's JSON log lines, read in a thread so its stderr pipe never fills."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        # The pipe is closed under this thread when a test fails: that ends it too.
-        with contextlib.suppress(ValueError, OSError):
-            for line in proc.stderr:
-                if line.startswith("{"):
-                    self._lines.put(json.loads(line))
-        self._lines.put(None)
-
-    def close(self) -> None:
-        self._thread.join(timeout=DEADLINE_S)
-
-    def until(self, event: str) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {event!r} line within {DEADLINE_S} s") from None
-            if line is None:
-                raise AssertionError(f"the daemon exited before {event!r}: {self.seen[-5:]}")
-            self.seen.append(line)
-            if line["event"] == event:
-                return self.seen
 
 
 async def _state_of(

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
@@ -28,6 +27,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.daemonlog import LogLines
 from tests.test_cli import cli_env, run_cli
 from tests.test_daemon import daemon_process
 from tests.test_demo_acceptance import _wait_for_states
@@ -73,35 +73,6 @@ def own_server() -> Iterator[OwnServer]:
         yield server
     finally:
         server.handle.cleanup()
-
-
-class LogLines:
-    """The daemon's JSON log lines, read by a thread: a wait has a deadline even when
-    the daemon falls silent (a supervisor that failed writes nothing more)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        with contextlib.suppress(ValueError, OSError):  # the pipe closed under us: done
-            for line in proc.stderr:
-                if line.startswith("{"):
-                    with self._changed:
-                        self.seen.append(json.loads(line))
-                        self._changed.notify_all()
-
-    def wait_for(self, event: str, count: int, deadline_s: float = 120) -> None:
-        def enough() -> bool:
-            return sum(1 for line in self.seen if line["event"] == event) >= count
-
-        with self._changed:
-            if not self._changed.wait_for(enough, timeout=deadline_s):
-                failed = [line for line in self.seen if line["level"] in ("error", "critical")]
-                raise AssertionError(f"fewer than {count} {event!r} lines; errors: {failed}")
 
 
 def _outage(server: OwnServer) -> None:
