@@ -18,8 +18,8 @@ from starlette.routing import BaseRoute, Route
 from daemon.errors import DaemonError
 from daemon.models import SupervisorStateKind
 from daemon.services.views import row_json
-from daemon.web.app import message_of, status_of, web
 from daemon.web.openapi import document
+from daemon.web.shared import message_of, status_of, web
 
 MAX_BODY_BYTES = 64 * 1024
 

@@ -18,8 +18,8 @@ from starlette.routing import BaseRoute, Route
 
 from daemon.errors import DaemonError
 from daemon.models import PHASES, SupervisorStateKind
-from daemon.web.app import message_of, read_form, render, status_of, web
 from daemon.web.security import SESSION_COOKIE, local_path, set_session, token_ok
+from daemon.web.shared import message_of, read_form, render, status_of, web
 
 KEEPALIVE_S = 15.0
 PAGE = 20  # journal entries and messages per page
