@@ -214,7 +214,7 @@ def _summary(state: SupervisorState) -> str:
 
 async def cmd_supervisors_list(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as db:
-        states = await Store(db.pool).list_supervisors(state=args.state, limit=args.limit)
+        states = await Store(db.pool).list_supervisor_summaries(state=args.state, limit=args.limit)
     if args.json:
         _print_json([s.to_json() for s in states])
     elif not states:
@@ -281,7 +281,9 @@ async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.restore import restore_manually  # noqa: PLC0415
 
     async with open_database(settings) as db:
-        outcome = await restore_manually(db.pool, args.id, guard=crash_loop_guard(settings))
+        outcome = await restore_manually(
+            db.pool, args.id, guard=crash_loop_guard(settings), history_tail=settings.history_tail
+        )
     if outcome is None:
         raise DaemonError(f"supervisor {args.id} does not exist")
     if args.json:
@@ -304,7 +306,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_database(settings) as db:
         daemons = await DaemonRegistry(db.pool).list()
-        states = await Store(db.pool).list_supervisors(limit=100_000)
+        states = await Store(db.pool).list_supervisor_summaries(limit=100_000)
     counts: dict[str, int] = {}
     for state in states:
         counts[state.state.value] = counts.get(state.state.value, 0) + 1

@@ -67,6 +67,12 @@ class Settings:
     webhook_url: str | None = None
     # host:port to serve Prometheus metrics on (/metrics); unset: no metrics server.
     metrics_address: tuple[str, int] | None = None
+    # How many of a supervisor's newest messages restoration loads (its length is
+    # always known); agents page older ones with read_history.
+    history_tail: int = 50
+    # Days after which the rows of a completed or failed supervisor (messages, journal,
+    # tasks, checkpoints) are deleted by a running daemon; unset: kept forever.
+    retention_days: float | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -93,6 +99,13 @@ def _positive_float(value: Any) -> float:
     if number <= 0:
         raise ValueError("must be a positive number")
     return number
+
+
+def _retention_days(value: Any) -> float | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    return _positive_float(text)
 
 
 def _webhook_url(value: Any) -> str | None:
@@ -165,6 +178,8 @@ _CONVERTERS: dict[str, Any] = {
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,
     "metrics_address": _address,
+    "history_tail": _positive_int,
+    "retention_days": _retention_days,
 }
 
 

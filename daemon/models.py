@@ -247,7 +247,14 @@ class PendingQuestion(_Json):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorState(_Json):
-    """One row of supervisor_states, decoded and typed."""
+    """One row of supervisor_states, decoded and typed.
+
+    `conversation_history` and `spawned_task_ids` hold what was loaded with the state:
+    everything when it is read whole (`Store.get_supervisor`, through the
+    supervisor_states view), nothing in a running supervisor or a list, which carry
+    only the lengths (`history_length`, `spawned_task_count`). Those are always the
+    whole: at least the length of what is held.
+    """
 
     id: uuid.UUID
     contract_id: uuid.UUID
@@ -271,6 +278,16 @@ class SupervisorState(_Json):
     owner_daemon_id: str | None = None
     owner_epoch: int = 0
     agent: str | None = None
+    # How many messages its history holds and how many tasks it spawned, in all.
+    history_length: int = 0
+    spawned_task_count: int = 0
+
+    def __post_init__(self) -> None:
+        # A state built with its whole history (a test, a full save) counts it.
+        if self.history_length < len(self.conversation_history):
+            object.__setattr__(self, "history_length", len(self.conversation_history))
+        if self.spawned_task_count < len(self.spawned_task_ids):
+            object.__setattr__(self, "spawned_task_count", len(self.spawned_task_ids))
 
     @classmethod
     def from_row(cls, row: Row) -> Self:
@@ -307,13 +324,29 @@ class SupervisorRestorationContext(_Json):
 
     success: bool
     previous_state: SupervisorStateKind | None = None
+    # The newest messages (at most SUPERVISOR_DAEMON_HISTORY_TAIL), oldest first, and the
+    # length of the whole history; `read_history` pages the rest.
     conversation_history: tuple[Any, ...] = ()
+    history_length: int = 0
     pending_questions: tuple[PendingQuestion, ...] = ()
     awaited_task_ids: tuple[uuid.UUID, ...] = ()
-    spawned_task_ids: tuple[uuid.UUID, ...] = ()
+    spawned_task_count: int = 0
     restoration_count: int = 0
     restoration_context_message: str = ""
     warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryMessage(_Json):
+    """One message of a supervisor's conversation, with its place (1, 2, ...)."""
+
+    seq: int
+    message: Any
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(seq=row["seq"], message=row["message"], created_at=row["created_at"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,7 +24,7 @@ from daemon.runtime.delivery import Delivery
 from daemon.runtime.hub import Hub
 from daemon.runtime.supervisor import Supervisor
 from daemon.runtime.tasks import TaskRunner
-from daemon.store import WorkStore
+from daemon.store import Store, WorkStore
 
 log = get_logger()
 
@@ -51,6 +51,7 @@ class Host:
         self._tg = tg
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
+        self._reads = Store(pool)
 
     async def _deliver(self, supervisor_id: uuid.UUID, question: PendingQuestion) -> None:
         await self.delivery.deliver(supervisor_id, question)
@@ -73,6 +74,7 @@ class Host:
             sup = Supervisor(
                 state, queue=self._queue, hub=self._hub, runner=self._runner,
                 deliver=self._deliver, restoration=contexts.get(state.id),
+                reads=self._reads,
             )  # fmt: skip
             self.running[sup.id] = sup
             self._tg.start_soon(self._run_agent, sup, name=f"agent {sup.id}")

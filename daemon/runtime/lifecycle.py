@@ -144,7 +144,7 @@ async def _restore(
 
     summary = await restore_all(
         db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=capacity,
-        include_own=include_own, on_outcome=keep,
+        include_own=include_own, on_outcome=keep, history_tail=settings.history_tail,
     )  # fmt: skip
     return summary, contexts
 
@@ -199,7 +199,7 @@ async def _force_on_second_sigint(queue: PersistenceQueue, log: Any) -> None:
 
 async def ensure_demo_supervisors(store: Store, count: int = 2) -> int:
     """Create `count` demo supervisors when none exist; how many were created."""
-    if any(state.agent == "demo" for state in await store.list_supervisors(limit=100_000)):
+    if any(state.agent == "demo" for state in await store.list_supervisor_summaries(limit=100_000)):
         return 0
     now = datetime.now(UTC)
     for _ in range(count):
