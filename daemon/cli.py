@@ -256,8 +256,10 @@ async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -
 async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.store import EventStore  # noqa: PLC0415
 
+    if args.messages:
+        return await _history_messages(settings, args)
     async with open_database(settings) as db:
-        if await Store(db.pool).get_supervisor(args.id) is None:
+        if await Store(db.pool).get_supervisor_summary(args.id) is None:
             raise DaemonError(f"supervisor {args.id} does not exist")
         entries = await EventStore(db.pool).list_events(
             args.id, after_seq=args.after, limit=args.limit
@@ -273,6 +275,35 @@ async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
             f"{entry['seq']:>6}  {entry['created_at']:%Y-%m-%d %H:%M:%S}  "
             f"{entry['kind']:<18} {payload}"
         )
+    return 0
+
+
+async def _history_messages(settings: Settings, args: argparse.Namespace) -> int:
+    """A page of the conversation: the messages after --after, oldest first."""
+    async with open_database(settings) as db:
+        store = Store(db.pool)
+        summary = await store.get_supervisor_summary(args.id)
+        if summary is None:
+            raise DaemonError(f"supervisor {args.id} does not exist")
+        page = await store.read_history_after(args.id, after=args.after, limit=args.limit)
+    if args.json:
+        _print_json([message.to_json() for message in page])
+        return 0
+    if not page:
+        print(f"no messages after {args.after} ({summary.history_length} in all)")
+    for message in page:
+        body = message.message
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("content"), str)
+            and (isinstance(body.get("role"), str))
+        ):
+            text = f"{body['role']}: {body['content']}"
+        else:
+            text = json.dumps(body, separators=(",", ":"))
+        print(f"{message.seq:>6}  {message.created_at:%Y-%m-%d %H:%M:%S}  {text}")
+    if page and page[-1].seq < summary.history_length:
+        print(f"... {summary.history_length - page[-1].seq} more: --after {page[-1].seq}")
     return 0
 
 
@@ -387,10 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    history = sub.add_parser("history", help="a supervisor's event journal, oldest first")
+    history = sub.add_parser(
+        "history", help="a supervisor's event journal (or, --messages, its conversation)"
+    )
     history.add_argument("id", type=_uuid)
     history.add_argument(
-        "--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number"
+        "--messages", action="store_true", help="page the conversation instead, oldest first"
+    )
+    history.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="only entries after this sequence number",
     )
     history.add_argument("--limit", type=int, default=1000)
     history.add_argument("--json", action="store_true")

@@ -133,6 +133,11 @@ class Store:
         rows = await self._fetch("list_supervisor_summaries", state.value if state else None, limit)
         return [SupervisorState.from_row(row) for row in rows]
 
+    async def get_supervisor_summary(self, supervisor_id: uuid.UUID) -> SupervisorState | None:
+        """One supervisor without its history and task ids (their numbers only)."""
+        row = await self._fetchrow("get_supervisor_summary", supervisor_id)
+        return None if row is None else SupervisorState.from_row(row)
+
     async def get_supervisors_with_pending_questions(self) -> list[SupervisorState]:
         rows = await self._fetch("get_supervisors_with_pending_questions")
         return [SupervisorState.from_row(row) for row in rows]

@@ -3,6 +3,7 @@ positions; the supervisor_states view still reads (and writes) by the original n
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from daemon.runtime.restore import restore_manually
 from daemon.runtime.supervisor import Supervisor
 from daemon.store import EventStore, Store
 from tests.factories import new_state
+from tests.test_cli import run_cli
 from tests.test_queue import running, submit_together
 
 
@@ -278,3 +280,28 @@ async def test_concurrent_appends_through_the_queue_keep_every_message(
                 tg.start_soon(writer, sid)
     for sid in sids:
         assert await _messages(pool, sid) == [(n + 1, _message(n)) for n in range(40)]
+
+
+async def test_history_messages_pages_the_conversation_for_people(dsn: str, store: Store) -> None:
+    history = (*(_message(n) for n in range(5)), ["not", "a", "chat", "message"])
+    sid = (await store.save_supervisor_state_full(new_state(conversation_history=history))).id
+    env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
+    first = await anyio.to_thread.run_sync(
+        lambda: run_cli("history", str(sid), "--messages", "--limit", "2", env=env)
+    )
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0].split()[0] == "1"
+    assert lines[0].endswith("user: message 0")
+    assert lines[1].endswith("assistant: message 1")
+    assert lines[-1] == "... 4 more: --after 2"
+    last = await anyio.to_thread.run_sync(
+        lambda: run_cli("history", str(sid), "--messages", "--after", "5", "--json", env=env)
+    )
+    assert last.returncode == 0, last.stderr
+    assert [(m["seq"], m["message"]) for m in json.loads(last.stdout)] == [(6, history[5])]
+    missing = await anyio.to_thread.run_sync(
+        lambda: run_cli("history", str(uuid.uuid4()), "--messages", env=env)
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith("does not exist")

@@ -44,6 +44,13 @@ WHERE ($1::text IS NULL OR state = $1)
 ORDER BY created_at DESC, id
 LIMIT $2
 
+-- get_supervisor_summary --
+-- One supervisor without its history or task ids (their numbers instead), or nothing
+SELECT s.*, s.message_seq AS history_length,
+       s.task_seq + cardinality(s.unrecorded_task_ids) AS spawned_task_count
+FROM supervisors s
+WHERE s.id = $1
+
 -- list_supervisor_summaries --
 -- Every supervisor, newest first, optionally only those in one state; without histories or task ids (their numbers instead)
 SELECT s.*, s.message_seq AS history_length,
