@@ -12,6 +12,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import signal
@@ -307,6 +308,29 @@ async def _history_messages(settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
+async def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from daemon.runtime.retention import parse_age, prune  # noqa: PLC0415
+
+    if args.older_than is not None:
+        try:
+            older_than = parse_age(args.older_than)
+        except ValueError as exc:
+            raise DaemonError(f"--older-than: {exc}") from None
+    elif settings.retention_days is not None:
+        older_than = timedelta(days=settings.retention_days)
+    else:
+        raise DaemonError("say how old: --older-than 30d (or set SUPERVISOR_DAEMON_RETENTION_DAYS)")
+    async with open_database(settings) as db:
+        report = await prune(db.pool, older_than, dry_run=args.dry_run)
+    if args.json:
+        _print_json(dataclasses.asdict(report))
+    else:
+        print(f"{report.describe()} (completed or failed more than {older_than} ago)")
+    return 0
+
+
 async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
     from daemon.runtime.restore import restore_manually  # noqa: PLC0415
@@ -435,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=1000)
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_history)
+
+    prune = sub.add_parser(
+        "prune", help="delete the rows of supervisors completed or failed long ago"
+    )
+    prune.add_argument("--older-than", metavar="AGE", help="30d, 12h, 90m or 45s")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune.add_argument("--json", action="store_true")
+    prune.set_defaults(func=cmd_prune)
 
     restore = sub.add_parser(
         "restore", help="restore one supervisor now (source manual; also unparks a blocked one)"

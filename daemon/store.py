@@ -535,6 +535,39 @@ class WorkStore:
         return [SupervisorState.from_row(row) for row in rows]
 
 
+class RetentionStore:
+    """Deleting the rows of finished supervisors, in small statements (daemon/retention.py)."""
+
+    TABLES = ("messages", "journal", "tasks", "checkpoints")
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def prunable(self, older_than_s: float, limit: int) -> list[uuid.UUID]:
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["prunable_supervisors"], older_than_s, limit)
+        return [row["id"] for row in rows]
+
+    async def delete_batch(
+        self, table: str, ids: list[uuid.UUID], older_than_s: float, limit: int
+    ) -> tuple[int, int]:
+        """Delete up to `limit` rows of `table` (one of TABLES) of `ids`: one statement,
+        its own transaction. Returns (rows, journal events they held)."""
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries[f"prune_{table}"], ids, older_than_s, limit)
+        return (0, 0) if row is None else (int(row["rows"]), int(row["events"]))
+
+    async def mark_pruned(self, ids: list[uuid.UUID], older_than_s: float) -> int:
+        with map_db_errors():
+            status = await self._pool.execute(queries["mark_pruned"], ids, older_than_s)
+        return int(status.split()[-1])
+
+    async def count(self, older_than_s: float) -> dict[str, int]:
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries["count_prunable"], older_than_s)
+        return {} if row is None else {key: int(value) for key, value in row.items()}
+
+
 # The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py;
 # a restoration's redeliveries are sent by restoration.sql, which names it too).
 QUESTIONS_CHANNEL = "supervisor_questions"

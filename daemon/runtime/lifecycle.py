@@ -28,7 +28,7 @@ from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
 from daemon.restoration import CrashLoopGuard, RestorationOutcome
-from daemon.runtime import metrics, watchdog
+from daemon.runtime import metrics, retention, watchdog
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.runtime.host import Host
@@ -301,6 +301,8 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
                       f" {agents_started} agent(s) running")  # fmt: skip
         if (interval := watchdog.interval_s()) is not None:
             tg.start_soon(watchdog.ping_while_healthy, queue, interval, log)
+        if settings.retention_days is not None:
+            tg.start_soon(retention.prune_forever, db.pool, settings.retention_days)
         await _wait_for_stop(log)
         tg.start_soon(_force_on_second_sigint, queue, log)
         # Stop intake (agents), write what is queued (shielded, within the deadline),
