@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
 import statistics
+import sys
 import time
 import uuid
 from typing import Any
@@ -217,6 +219,16 @@ async def measure_hosting(pool: asyncpg.Pool[Any], dsn: str, owner: str) -> dict
     return {"supervisors": started, "rss_kib": (after - before) / max(started, 1)}
 
 
+async def host_in_a_process_of_its_own(dsn: str, owner: str) -> dict[str, float]:
+    """`measure_hosting` in a fresh process, as a daemon is: what this one allocated
+    and freed before would otherwise blur its RSS."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "bench.growth", "--host", dsn, owner], check=True
+    )
+    result: dict[str, float] = json.loads(done.stdout.decode().splitlines()[-1])
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with fresh_database() as dsn:
         pool = await open_pool(dsn, 6)
@@ -243,14 +255,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
             appends: dict[int, list[dict[str, float]]] = {s: [] for s in HISTORY_SIZES}
             spawns: dict[int, list[dict[str, float]]] = {s: [] for s in TASK_SIZES}
-            for r in range(args.rounds):
-                for size in HISTORY_SIZES if r % 2 == 0 else HISTORY_SIZES[::-1]:
+            for n in range(args.rounds):
+                for size in HISTORY_SIZES if n % 2 == 0 else HISTORY_SIZES[::-1]:
                     appends[size].append(
-                        await measure_writes(pool, histories[size], args.appends, "message", r)
+                        await measure_writes(pool, histories[size], args.appends, "message", n)
                     )
-                for size in TASK_SIZES if r % 2 == 0 else TASK_SIZES[::-1]:
+                for size in TASK_SIZES if n % 2 == 0 else TASK_SIZES[::-1]:
                     spawns[size].append(
-                        await measure_writes(pool, tasks[size], args.appends, "task", r)
+                        await measure_writes(pool, tasks[size], args.appends, "task", n)
                     )
             append = {size: median_round(rounds) for size, rounds in appends.items()}
             spawn = {size: median_round(rounds) for size, rounds in spawns.items()}
@@ -260,7 +272,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.rounds):
                 restore_long.append(await measure_restore(pool, "bench-long"))
                 restore_short.append(await measure_restore(pool, "bench-short"))
-            hosting = await measure_hosting(pool, dsn, "bench-long")
+            hosting = await host_in_a_process_of_its_own(dsn, "bench-long")
         finally:
             await pool.close()
 
@@ -299,7 +311,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def host_only(dsn: str, owner: str) -> dict[str, float]:
+    pool = await open_pool(dsn, 4)
+    try:
+        return await measure_hosting(pool, dsn, owner)
+    finally:
+        await pool.close()
+
+
 def cli() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--host":  # the hosting process
+        run(host_only, sys.argv[2], sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supervisors", type=int, default=40, help="per size")
     parser.add_argument("--appends", type=int, default=100, help="per supervisor and size")
