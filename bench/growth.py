@@ -204,7 +204,7 @@ async def measure_hosting(pool: asyncpg.Pool[Any], dsn: str, owner: str) -> dict
         gc.collect()
         before = rss_kib()
         await restore_all(
-            pool, owner, guard=GUARD,
+            pool, owner, guard=GUARD, history_tail=0,  # as `run` restores (lifecycle.py)
             on_outcome=lambda o: contexts.__setitem__(o.supervisor_id, o.context),
         )  # fmt: skip
         host = Host(pool, owner, queue=queue, hub=hub, runner=TaskRunner(WorkStore(pool), tg),

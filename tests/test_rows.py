@@ -13,7 +13,7 @@ import pytest
 
 from daemon import events
 from daemon.queue import EventRejectedError, PersistenceQueue
-from daemon.runtime.command_agent import Session
+from daemon.runtime.command_agent import CommandAgent, Session
 from daemon.runtime.restore import restore_manually
 from daemon.runtime.supervisor import Supervisor
 from daemon.store import EventStore, Store
@@ -305,3 +305,24 @@ async def test_history_messages_pages_the_conversation_for_people(dsn: str, stor
     )
     assert missing.returncode == 1
     assert missing.stderr.strip().endswith("does not exist")
+
+
+async def test_a_command_agent_starts_with_the_newest_messages_and_the_length(
+    pool: asyncpg.Pool[Any], store: Store
+) -> None:
+    history = tuple(_message(n) for n in range(80))
+    task_id = uuid.uuid4()
+    state = await store.save_supervisor_state_full(new_state(conversation_history=history))
+    await store.create_task(state.id, task_id=task_id)
+    await store.add_supervisor_spawned_task(state.id, task_id)
+    summary = await store.get_supervisor_summary(state.id)
+    assert summary is not None
+    sup = Supervisor(
+        summary, queue=None, hub=None, runner=None, deliver=None,  # type: ignore[arg-type]
+        reads=store, history_tail=30,
+    )  # fmt: skip
+    first = await CommandAgent(["true"])._first_message(sup)
+    assert first["type"] == "start"
+    assert first["historyLength"] == 80
+    assert [m["message"] for m in first["historyTail"]] == list(history[-30:])
+    assert first["spawnedTaskIds"] == [str(task_id)]

@@ -164,7 +164,7 @@ class Session:
         """A page of the conversation, oldest first (the supervisor checks the bounds)."""
         before = _field(r, "before", int, required=False)
         limit = _field(r, "limit", int, required=False)
-        page = await self.sup.read_history(before, 50 if limit is None else limit)
+        page = await self.sup.read_history(before, limit)
         return [message.to_json() for message in page]
 
     async def _complete(self, _: dict[str, Any]) -> None:
@@ -228,9 +228,10 @@ class CommandAgent:
     @staticmethod
     async def _state(sup: Any) -> dict[str, Any]:
         state = sup.state
-        # The spawned task ids are read when a process starts: a running supervisor
-        # holds only their number.
+        # The spawned task ids and the newest messages are read when a process starts:
+        # a running supervisor holds only their numbers.
         spawned = await sup.spawned_task_ids()
+        tail = await sup.read_history() if state.history_length else []
         return {
             "supervisorId": str(state.id), "contractId": str(state.contract_id),
             "phase": state.phase, "state": state.state.value, "progress": state.progress,
@@ -238,6 +239,7 @@ class CommandAgent:
             "awaitedTaskIds": [str(t) for t in state.pending_task_ids],
             "spawnedTaskIds": [str(t) for t in spawned],
             "historyLength": state.history_length,
+            "historyTail": [message.to_json() for message in tail],
         }  # fmt: skip
 
     async def _run_once(self, sup: Any, first: dict[str, Any], slog: Any) -> int | None:

@@ -41,6 +41,7 @@ class Host:
         delivery: Delivery,
         tg: anyio.abc.TaskGroup,
         heartbeat_s: float = 5.0,
+        history_tail: int = 50,
     ) -> None:
         self._pool = pool
         self._daemon_id = daemon_id
@@ -52,6 +53,7 @@ class Host:
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
         self._reads = Store(pool)
+        self._history_tail = history_tail
 
     async def _deliver(self, supervisor_id: uuid.UUID, question: PendingQuestion) -> None:
         await self.delivery.deliver(supervisor_id, question)
@@ -74,7 +76,7 @@ class Host:
             sup = Supervisor(
                 state, queue=self._queue, hub=self._hub, runner=self._runner,
                 deliver=self._deliver, restoration=contexts.get(state.id),
-                reads=self._reads,
+                reads=self._reads, history_tail=self._history_tail,
             )  # fmt: skip
             self.running[sup.id] = sup
             self._tg.start_soon(self._run_agent, sup, name=f"agent {sup.id}")

@@ -57,6 +57,7 @@ class Supervisor:
         deliver: DeliverFn,
         restoration: SupervisorRestorationContext | None = None,
         reads: Reads | None = None,
+        history_tail: int = 50,
     ) -> None:
         # No messages and no task ids are held (see the module docstring): a state
         # loaded whole keeps only their counts.
@@ -72,6 +73,8 @@ class Supervisor:
         self._runner = runner
         self._deliver = deliver
         self._reads = reads
+        # The page read_history returns by default: SUPERVISOR_DAEMON_HISTORY_TAIL.
+        self.history_tail = history_tail
         self._epoch = state.owner_epoch
 
     @property
@@ -168,11 +171,14 @@ class Supervisor:
         self.state = self.state.evolve(history_length=self.state.history_length + 1)
 
     async def read_history(
-        self, before: int | None = None, limit: int = 50
+        self, before: int | None = None, limit: int | None = None
     ) -> list[HistoryMessage]:
         """A page of the conversation, oldest first: the newest `limit` messages (at most
-        MAX_HISTORY_PAGE) before sequence number `before` (messages are numbered from 1;
-        None: the newest of all). An empty page means there is nothing older."""
+        MAX_HISTORY_PAGE; default `history_tail`) before sequence number `before`
+        (messages are numbered from 1; None: the newest of all). An empty page means
+        there is nothing older."""
+        if limit is None:
+            limit = self.history_tail
         if (
             isinstance(limit, bool)
             or not isinstance(limit, int)
