@@ -12,9 +12,11 @@ import enum
 import types
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+import orjson
 
 if TYPE_CHECKING:
     import asyncpg
@@ -132,6 +134,53 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+class JsonTail(Sequence[Any]):
+    """The newest messages of a history as the database sent them - a JSON array,
+    newest first - decoded (oldest first) the first time something reads them.
+
+    Restoring thousands of supervisors builds no message objects that nobody reads:
+    decoding the tails was most of what a long history added to a restoration.
+    Compares equal to a tuple of the same messages.
+    """
+
+    __slots__ = ("_items", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text: str | None = text
+        self._items: tuple[Any, ...] = ()
+
+    def _loaded(self) -> tuple[Any, ...]:
+        if self._text is not None:
+            items = orjson.loads(self._text)
+            items.reverse()
+            self._items, self._text = tuple(items), None
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._loaded()[index]
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._loaded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonTail | tuple | list):
+            return self._loaded() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._loaded())
+
+    def __repr__(self) -> str:
+        return f"JsonTail({self._loaded()!r})"
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, _Json):
         return value.to_json()
@@ -141,7 +190,7 @@ def _encode(value: Any) -> Any:
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, tuple | list):
+    if isinstance(value, tuple | list | JsonTail):
         return [_encode(item) for item in value]
     return value
 
@@ -158,6 +207,11 @@ def _decode(hint: Any, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
         if not isinstance(value, list | tuple):
             raise ValueError("must be an array")
         (item_hint, _) = typing.get_args(hint)
+        return tuple(_decode(item_hint, item) for item in value)
+    if origin is Sequence:  # read from JSON as a tuple
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be an array")
+        (item_hint,) = typing.get_args(hint)
         return tuple(_decode(item_hint, item) for item in value)
     if hint is Any:
         return value
@@ -325,8 +379,9 @@ class SupervisorRestorationContext(_Json):
     success: bool
     previous_state: SupervisorStateKind | None = None
     # The newest messages (at most SUPERVISOR_DAEMON_HISTORY_TAIL), oldest first, and the
-    # length of the whole history; `read_history` pages the rest.
-    conversation_history: tuple[Any, ...] = ()
+    # length of the whole history; `read_history` pages the rest. (A JsonTail when
+    # restoration loaded them: decoded when first read.)
+    conversation_history: Sequence[Any] = ()
     history_length: int = 0
     pending_questions: tuple[PendingQuestion, ...] = ()
     awaited_task_ids: tuple[uuid.UUID, ...] = ()

@@ -27,6 +27,7 @@ from typing import Any
 from daemon.models import (
     FINISHED_TASK_STATES,
     PHASES,
+    JsonTail,
     PendingQuestion,
     RestorationSource,
     StateRecoveryAction,
@@ -134,7 +135,7 @@ def validate(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[str
     questions = _questions(row.get("pending_questions"), issues)
     if state == SupervisorStateKind.WAITING_FOR_USER and not questions:
         issues.append("waiting_for_user with no pending question")
-    if not isinstance(row.get("conversation_history"), list):
+    if not isinstance(row.get("conversation_history"), list | JsonTail):
         issues.append("conversation_history is not a JSON array")
     spawned = _uuid_list(row.get("spawned_task_ids"), "spawned_task_ids", issues)
     awaited = _uuid_list(row.get("pending_task_ids"), "pending_task_ids", issues)
@@ -362,7 +363,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
     if state == SupervisorStateKind.WAITING_FOR_TASKS and not still_awaited:
         state = SupervisorStateKind.WORKING
 
-    history = list(base["conversation_history"])[-item.history_tail :] if item.history_tail else []
+    history = _newest(base["conversation_history"], item.history_tail)
     count = int(item.row.get("restoration_count") or 0) + 1
     message = context_message(
         supervisor_id=sid, source=item.source, count=count, previous_state=previous_state,
@@ -372,16 +373,12 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         awaited={t: item.tasks.get(t, "unknown") for t in awaited},
         warnings=warnings, issues=list(validation.issues),
     )  # fmt: skip
-    if action is StateRecoveryAction.PROCEED:
-        # Its spawned_task_ids hold the loaded task rows only; the count is the whole.
-        spawned = int(base.get("task_seq") or 0) + len(base.get("unrecorded_task_ids") or ())
-    else:
-        spawned = len(base["spawned_task_ids"])
+    spawned = _spawned_count(base, action)
     context = SupervisorRestorationContext(
         success=True,
         previous_state=SupervisorStateKind(previous_state) if previous_state else None,
-        conversation_history=tuple(history),
-        history_length=max(int(base.get("history_length") or 0), len(history)),
+        conversation_history=history,
+        history_length=int(base.get("history_length") or 0),
         pending_questions=tuple(questions), awaited_task_ids=tuple(still_awaited),
         spawned_task_count=spawned, restoration_count=count,
         restoration_context_message=message, warnings=tuple(warnings),
@@ -404,6 +401,21 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         supervisor_id=sid, outcome="restored", action=action, validation=validation,
         context=context, redeliver=tuple(questions), applied_answers=applied, write=write,
     )  # fmt: skip
+
+
+def _newest(history: Sequence[Any], tail: int) -> Sequence[Any]:
+    """What a context carries of a history: the loaded tail as it is (its length was
+    the limit), the last `tail` messages of a checkpoint's copy."""
+    if isinstance(history, JsonTail):
+        return history
+    return tuple(history[-tail:]) if tail else ()
+
+
+def _spawned_count(base: Mapping[str, Any], action: StateRecoveryAction) -> int:
+    if action is StateRecoveryAction.PROCEED:
+        # Its spawned_task_ids hold the loaded task rows only; the counter is the whole.
+        return int(base.get("task_seq") or 0) + len(base.get("unrecorded_task_ids") or ())
+    return len(base["spawned_task_ids"])
 
 
 def _array(ids: Sequence[uuid.UUID]) -> str:

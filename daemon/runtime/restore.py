@@ -24,7 +24,7 @@ import anyio.abc
 import asyncpg
 
 from daemon.logs import get_logger
-from daemon.models import RestorationSource, StateRecoveryAction
+from daemon.models import JsonTail, RestorationSource, StateRecoveryAction
 from daemon.restoration import (
     CrashLoopGuard,
     RestorationInput,
@@ -225,7 +225,10 @@ def _as_restoration_row(record: asyncpg.Record, places: dict[uuid.UUID, int]) ->
     row = dict(record)
     legacy = row.pop("legacy_history", None)
     tail = row.pop("history_tail", None)
-    row["conversation_history"] = legacy if legacy is not None else (tail or [])
+    if legacy is not None:
+        row["conversation_history"] = legacy
+    else:
+        row["conversation_history"] = JsonTail(tail) if tail else []
     spawned = sorted((seq, t) for t, seq in places.items())
     row["spawned_task_ids"] = [t for _, t in spawned] + list(row["unrecorded_task_ids"])
     return row

@@ -65,7 +65,7 @@ class Supervisor:
             state = state.evolve(conversation_history=(), spawned_task_ids=())
         self.state = state
         # The context's messages are not kept either: read_history pages them.
-        if restoration is not None and restoration.conversation_history:
+        if restoration is not None:
             restoration = restoration.evolve(conversation_history=())
         self.restoration = restoration
         self._queue = queue

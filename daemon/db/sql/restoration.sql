@@ -20,15 +20,17 @@ WHERE s.id = c.id
 RETURNING s.id, s.owner_epoch, c.previous_owner
 
 -- load_supervisors_for_restoration --
--- The rows of some supervisors with the newest $2 messages of each (a JSON array, oldest first; NULL when none) and the database's clock
+-- The rows of some supervisors with the newest $2 messages of each (the text of a JSON array, NEWEST FIRST; NULL when none) and the database's clock
 -- A backward scan of the primary key per supervisor: as cheap with 20,000 messages as
--- with 20.
+-- with 20. The messages are aggregated in the order the scan yields them (newest
+-- first; models.JsonTail reverses them): sorting them again here cost as much as the
+-- scan itself. Sent as text, which the client decodes only if something reads it.
 SELECT s.*, now() AS db_now, s.message_seq AS history_length,
-       (SELECT json_agg(t.message ORDER BY t.seq)
-        FROM (SELECT m.seq, m.message FROM supervisor_messages m
+       (SELECT json_agg(t.message)
+        FROM (SELECT m.message FROM supervisor_messages m
               WHERE m.supervisor_id = s.id
               ORDER BY m.seq DESC
-              LIMIT $2) AS t) AS history_tail
+              LIMIT $2) AS t)::text AS history_tail
 FROM supervisors s
 WHERE s.id = ANY ($1::uuid[])
 
