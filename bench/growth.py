@@ -10,7 +10,9 @@ On one fresh embedded PostgreSQL:
     Every size is measured in each of `--rounds` rounds (sizes alternating), and the
     median round is kept: CPU per event moves far less between rounds than events/s.
 (c) restoring 1,000 supervisors with 2,000-message histories against 1,000 with 20
-    (alternating, median of `--rounds`), as `supervisor-daemon run` restores them;
+    (alternating, median of `--rounds`), each context carrying the newest 50 messages
+    (restore_all's default, what `supervisor-daemon restore` loads), and again as
+    `supervisor-daemon run` restores at start (lengths only: history_tail=0);
 (d) hosting: those 1,000 with 2,000-message histories restored and their (idle)
     agents started by one daemon, as `run` does: the process's RSS growth per
     supervisor, from before the restoration to after the agents started.
@@ -184,9 +186,9 @@ def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
     return ordered[len(ordered) // 2]
 
 
-async def measure_restore(pool: asyncpg.Pool[Any], owner: str) -> float:
+async def measure_restore(pool: asyncpg.Pool[Any], owner: str, tail: int = 50) -> float:
     started = time.perf_counter()
-    summary = await restore_all(pool, owner, guard=GUARD)
+    summary = await restore_all(pool, owner, guard=GUARD, history_tail=tail)
     elapsed = time.perf_counter() - started
     if summary.by_action != {"proceed": summary.supervisors}:
         raise RuntimeError(f"not every supervisor restored as it was: {summary.by_action}")
@@ -267,11 +269,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             append = {size: median_round(rounds) for size, rounds in appends.items()}
             spawn = {size: median_round(rounds) for size, rounds in spawns.items()}
 
-            restore_long: list[float] = []
-            restore_short: list[float] = []
-            for _ in range(args.rounds):
-                restore_long.append(await measure_restore(pool, "bench-long"))
-                restore_short.append(await measure_restore(pool, "bench-short"))
+            restores: dict[tuple[str, int], list[float]] = {}
+            for n in range(max(args.rounds, 5)):
+                for tail in (50, 0):
+                    order = ("bench-long", "bench-short")
+                    for owner in order if n % 2 else order[::-1]:
+                        restores.setdefault((owner, tail), []).append(
+                            await measure_restore(pool, owner, tail)
+                        )
             hosting = await host_in_a_process_of_its_own(dsn, "bench-long")
         finally:
             await pool.close()
@@ -284,9 +289,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for size, r in spawn.items():
         print(f"{'task':<10}{size:>10,}{r['server_cpu_us']:>11.1f}{r['wal_kib']:>9.2f}"
               f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}")  # fmt: skip
-    long_s, short_s = statistics.median(restore_long), statistics.median(restore_short)
-    print(f"restoring {args.restore:,}: 2,000-message histories {long_s:.3f} s,"
-          f" 20-message {short_s:.3f} s (medians of {args.rounds})")  # fmt: skip
+    medians = {key: statistics.median(times) for key, times in restores.items()}
+    long_s, short_s = medians["bench-long", 50], medians["bench-short", 50]
+    long_run, short_run = medians["bench-long", 0], medians["bench-short", 0]
+    rounds = len(restores["bench-long", 50])
+    print(f"restoring {args.restore:,} with 50-message tails: 2,000-message histories"
+          f" {long_s:.3f} s, 20-message {short_s:.3f} s (medians of {rounds})")  # fmt: skip
+    print(f"restoring {args.restore:,} as `run` does (lengths only): {long_run:.3f} s,"
+          f" {short_run:.3f} s")  # fmt: skip
     print(f"hosting {hosting['supervisors']:,} idle supervisors with 2,000-message histories:"
           f" {hosting['rss_kib']:.2f} KiB of RSS each")  # fmt: skip
     result: dict[str, Any] = {
@@ -299,11 +309,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "rss_kib_per_idle_supervisor_2000": round(hosting["rss_kib"], 2),
         "restore_ratio_2000_vs_20": round(long_s / short_s, 3),
+        "restore_ratio_2000_vs_20_as_run": round(long_run / short_run, 3),
         "appends": {
             str(size): {k: round(v, 3) for k, v in r.items()} for size, r in append.items()
         },
         "spawns": {str(size): {k: round(v, 3) for k, v in r.items()} for size, r in spawn.items()},
-        "restore_s": {"2000": round(long_s, 3), "20": round(short_s, 3)},
+        "restore_s": {
+            f"{owner.removeprefix('bench-')}_tail_{tail}": [round(t, 3) for t in times]
+            for (owner, tail), times in restores.items()
+        },
         "supervisors_per_size": args.supervisors,
         "appends_per_supervisor": args.appends,
         "machine": machine(),
