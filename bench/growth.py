@@ -159,7 +159,12 @@ async def measure_writes(
     server = await ServerCpu.of(pool)
     async with anyio.create_task_group() as tg:
         await tg.start(queue.run)
-        await pool.execute("CHECKPOINT")  # every size starts from the same point
+        # Every size starts from the same point: the rows the previous sizes left dead
+        # vacuumed (or autovacuum would write its WAL in the middle of this one), then
+        # a checkpoint (so each measured page's first change after it is logged whole
+        # in every size alike).
+        await pool.execute("VACUUM supervisors")
+        await pool.execute("CHECKPOINT")
         wal_before = await pool.fetchval("SELECT pg_current_wal_lsn()")
         cpu_before = server.seconds()
         async with anyio.create_task_group() as writers:
@@ -181,9 +186,8 @@ async def measure_writes(
 
 
 def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
-    """The round whose server CPU per event is the median one (its figures together)."""
-    ordered = sorted(rounds, key=lambda r: r["server_cpu_us"])
-    return ordered[len(ordered) // 2]
+    """Each figure's median over the rounds."""
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 async def measure_restore(pool: asyncpg.Pool[Any], owner: str, tail: int = 50) -> float:
