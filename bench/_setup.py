@@ -76,18 +76,41 @@ def history(n: int = 20) -> list[dict[str, Any]]:
 
 
 async def create_supervisors(
-    pool: asyncpg.Pool[Any], count: int, *, history_len: int = 20, **columns: Any
+    pool: asyncpg.Pool[Any], count: int, *, history_len: int = 20, tasks: int = 0
 ) -> list[uuid.UUID]:
-    """`count` supervisors in state working, phase plan, each with a history."""
+    """`count` supervisors in state working, phase plan, each with a history of
+    `history_len` messages and `tasks` spawned tasks (rows, as the daemon stores them)."""
     ids = [uuid.uuid4() for _ in range(count)]
     now = datetime.now(UTC)
-    text = json.dumps(history(history_len))
-    rows = [(i, uuid.uuid4(), uuid.uuid4(), text, "plan", now, "working") for i in ids]
-    await pool.executemany(
-        "INSERT INTO supervisor_states (id, contract_id, task_id, conversation_history, phase,"
-        " last_activity, state) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
-        rows,
+    await pool.execute(
+        "INSERT INTO supervisors (id, contract_id, task_id, phase, last_activity, state,"
+        " message_seq, task_seq)"
+        " SELECT i, gen_random_uuid(), gen_random_uuid(), 'plan', $2, 'working', $3, $4"
+        " FROM unnest($1::uuid[]) AS i",
+        ids,
+        now,
+        history_len,
+        tasks,
     )
+    text = json.dumps(history(history_len))
+    step = max(1, 100_000 // max(history_len, tasks, 1))
+    for first in range(0, count, step):
+        chunk = ids[first : first + step]
+        await pool.execute(
+            "INSERT INTO supervisor_messages (supervisor_id, seq, message)"
+            " SELECT i, m.seq, m.message::json FROM unnest($1::uuid[]) AS i"
+            " CROSS JOIN jsonb_array_elements($2::text::jsonb) WITH ORDINALITY AS m(message, seq)",
+            chunk,
+            text,
+        )
+        if tasks:
+            await pool.execute(
+                "INSERT INTO supervisor_tasks (id, supervisor_id, status, spec, spawn_seq)"
+                " SELECT gen_random_uuid(), i, 'succeeded', '{\"command\": \"true\"}', n"
+                " FROM unnest($1::uuid[]) AS i CROSS JOIN generate_series(1, $2::int) AS n",
+                chunk,
+                tasks,
+            )
     return ids
 
 

@@ -33,44 +33,51 @@ from daemon.store import DaemonRegistry
 
 # Server-side generation: fast for 100,000 rows, and the same shape for every N.
 FILL = """
-INSERT INTO supervisor_states (id, contract_id, task_id, conversation_history, phase, state,
-                               progress, current_activity, owner_daemon_id, owner_epoch)
-SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), $2::text::jsonb,
-       'implement', 'working', 40, 'writing code', 'bench', 1
-FROM generate_series(1, $1)
+WITH made AS (
+    INSERT INTO supervisors (id, contract_id, task_id, phase, state, progress,
+                             current_activity, owner_daemon_id, owner_epoch, message_seq)
+    SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'implement', 'working',
+           40, 'writing code', 'bench', 1, jsonb_array_length($2::text::jsonb)
+    FROM generate_series(1, $1)
+    RETURNING id
+)
+INSERT INTO supervisor_messages (supervisor_id, seq, message)
+SELECT made.id, m.seq, m.message::json
+FROM made
+CROSS JOIN jsonb_array_elements($2::text::jsonb) WITH ORDINALITY AS m(message, seq)
 """
 QUESTIONS = """
-UPDATE supervisor_states SET state = 'waiting_for_user',
+UPDATE supervisors SET state = 'waiting_for_user',
     pending_questions = jsonb_build_array(jsonb_build_object(
         'id', gen_random_uuid(), 'question', 'Proceed to review?',
         'choices', jsonb_build_array('yes', 'no'), 'context', NULL,
         'questionType', 'phase_confirmation', 'askedAt', now()))
-WHERE id IN (SELECT id FROM supervisor_states ORDER BY id LIMIT $1)
+WHERE id IN (SELECT id FROM supervisors ORDER BY id LIMIT $1)
 """
 TASKS = """
 WITH chosen AS (
-    SELECT id FROM supervisor_states ORDER BY id DESC LIMIT $1
+    SELECT id FROM supervisors ORDER BY id DESC LIMIT $1
 ), made AS (
-    INSERT INTO supervisor_tasks (id, supervisor_id, status)
-    SELECT gen_random_uuid(), c.id, s.status
-    FROM chosen c CROSS JOIN (VALUES ('succeeded'), ('running')) AS s(status)
+    INSERT INTO supervisor_tasks (id, supervisor_id, status, spawn_seq)
+    SELECT gen_random_uuid(), c.id, s.status, s.seq
+    FROM chosen c CROSS JOIN (VALUES ('succeeded', 1), ('running', 2)) AS s(status, seq)
     RETURNING id, supervisor_id
 )
-UPDATE supervisor_states s SET state = 'waiting_for_tasks',
-    spawned_task_ids = t.ids, pending_task_ids = t.ids
+UPDATE supervisors s SET state = 'waiting_for_tasks', task_seq = 2, pending_task_ids = t.ids
 FROM (SELECT supervisor_id, array_agg(id) AS ids FROM made GROUP BY supervisor_id) t
 WHERE s.id = t.supervisor_id
 """
 INVALID = """
 WITH chosen AS (
-    SELECT id FROM supervisor_states WHERE state = 'working'
+    SELECT id FROM supervisors WHERE state = 'working'
     ORDER BY contract_id LIMIT $1 OFFSET $2
 ), saved AS (
-    INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot)
-    SELECT s.id, s.phase, to_jsonb(s) FROM supervisor_states s JOIN chosen c ON c.id = s.id
+    INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot, message_seq, task_seq)
+    SELECT s.id, s.phase, to_jsonb(s), s.message_seq, s.task_seq
+    FROM supervisors s JOIN chosen c ON c.id = s.id
     WHERE $3
 )
-UPDATE supervisor_states s SET state = 'waiting_for_user'  -- with no question: invalid
+UPDATE supervisors s SET state = 'waiting_for_user'  -- with no question: invalid
 FROM chosen c WHERE s.id = c.id
 """
 

@@ -53,8 +53,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 " VALUES ('bench', 'h', 1, '0', now() + interval '1 hour')"
             )
             await pool.execute(
-                "UPDATE supervisor_states SET owner_daemon_id = 'bench',"
-                " agent = 'bench.scale:idle_agent'"
+                "UPDATE supervisors SET owner_daemon_id = 'bench', agent = 'bench.scale:idle_agent'"
             )
             queue = PersistenceQueue(EventStore(pool))
             hub = Hub(pool, dsn)
@@ -84,7 +83,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await queue.drain()
                 tg.cancel_scope.cancel()
             written = await pool.fetchval(
-                "SELECT count(*) FROM supervisor_states"
+                "SELECT count(*) FROM supervisors"
                 " WHERE last_activity > now() - make_interval(secs => $1)",
                 args.heartbeat_s * 2,
             )

@@ -49,12 +49,12 @@ def _new_row(supervisor_id: uuid.UUID, epoch: int | None) -> dict[str, Any]:
       i   supervisor id                   n   critical events folded in
       ph / st / a / p / er                final phase, state, activity, progress, error
       ep  fencing epoch the writer holds  le  last event id (retry check)
-      tk  spawned tasks [{"t": id, "aw": awaited, "sp": spec}]
-      ts / aw  their ids / the awaited ones, as PostgreSQL array literals "{id,id}"
+      tk  spawned tasks [{"t": id, "aw": awaited, "sp": spec}]; tn how many
+      aw  the awaited ones' ids, as a PostgreSQL array literal "{id,id}"
       q   questions asked (PendingQuestion JSON)
       an  answers [{"q": question id, "a": answer, "by": who}]; ai their question ids
       rt  task ids no longer awaited (collected)
-      m   messages appended to the history
+      m   messages appended to the history; mn how many
     """
     if epoch is None:
         return {"i": supervisor_id}
@@ -167,8 +167,11 @@ def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline o
         # unpacking JSON arrays inside the UPDATE costs a subquery per row.
         tasks = row.get("tk")
         if tasks is not None:
-            row["ts"] = "{" + ",".join([str(t["t"]) for t in tasks]) + "}"
+            row["tn"] = len(tasks)
             row["aw"] = "{" + ",".join([str(t["t"]) for t in tasks if t["aw"]]) + "}"
+        messages = row.get("m")
+        if messages is not None:
+            row["mn"] = len(messages)
         answers = row.get("an")
         if answers is not None:
             row["ai"] = "{" + ",".join([str(a["q"]) for a in answers]) + "}"

@@ -260,12 +260,62 @@ async def cmd_supervisors_create(settings: Settings, args: argparse.Namespace) -
 
 
 async def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    if args.messages:
+        return await _history_messages(settings, args)
     async with _services(settings) as services:
         entries = await services.history(args.id, after=args.after, limit=args.limit)
     if args.json:
         _print_json(entries)
         return 0
     print(cli_text.history(entries))
+    return 0
+
+
+async def _history_messages(settings: Settings, args: argparse.Namespace) -> int:
+    """A page of the conversation: the messages after --after, oldest first."""
+    async with _services(settings) as services:
+        length, page = await services.messages_after(args.id, after=args.after, limit=args.limit)
+    if args.json:
+        _print_json([message.to_json() for message in page])
+        return 0
+    if not page:
+        print(f"no messages after {args.after} ({length} in all)")
+    for message in page:
+        body = message.message
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("content"), str)
+            and (isinstance(body.get("role"), str))
+        ):
+            text = f"{body['role']}: {body['content']}"
+        else:
+            text = json.dumps(body, separators=(",", ":"))
+        print(f"{message.seq:>6}  {message.created_at:%Y-%m-%d %H:%M:%S}  {text}")
+    if page and page[-1].seq < length:
+        print(f"... {length - page[-1].seq} more: --after {page[-1].seq}")
+    return 0
+
+
+async def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from daemon.runtime.retention import parse_age, prune  # noqa: PLC0415
+
+    if args.older_than is not None:
+        try:
+            older_than = parse_age(args.older_than)
+        except ValueError as exc:
+            raise DaemonError(f"--older-than: {exc}") from None
+    elif settings.retention_days is not None:
+        older_than = timedelta(days=settings.retention_days)
+    else:
+        raise DaemonError("say how old: --older-than 30d (or set SUPERVISOR_DAEMON_RETENTION_DAYS)")
+    async with open_database(settings) as db:
+        report = await prune(db.pool, older_than, dry_run=args.dry_run)
+    if args.json:
+        _print_json(dataclasses.asdict(report))
+    else:
+        print(f"{report.describe()} (completed or failed more than {older_than} ago)")
     return 0
 
 
@@ -333,6 +383,35 @@ def _add_work_commands(sub: Any) -> None:
     complete.set_defaults(func=cmd_tasks_complete)
 
 
+def _add_history_commands(sub: Any) -> None:
+    """`history` (the journal, or the conversation) and `prune` (retention by hand)."""
+    history = sub.add_parser(
+        "history", help="a supervisor's event journal (or, --messages, its conversation)"
+    )
+    history.add_argument("id", type=_typed_id, metavar="ID")
+    history.add_argument(
+        "--messages", action="store_true", help="page the conversation instead, oldest first"
+    )
+    history.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="only entries after this sequence number",
+    )
+    history.add_argument("--limit", type=int, default=1000)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    prune = sub.add_parser(
+        "prune", help="delete the rows of supervisors completed or failed long ago"
+    )
+    prune.add_argument("--older-than", metavar="AGE", help="30d, 12h, 90m or 45s")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune.add_argument("--json", action="store_true")
+    prune.set_defaults(func=cmd_prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supervisor-daemon",
@@ -368,14 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    history = sub.add_parser("history", help="a supervisor's event journal, oldest first")
-    history.add_argument("id", type=_typed_id, metavar="ID")
-    history.add_argument(
-        "--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number"
-    )
-    history.add_argument("--limit", type=int, default=1000)
-    history.add_argument("--json", action="store_true")
-    history.set_defaults(func=cmd_history)
+    _add_history_commands(sub)
 
     restore = sub.add_parser(
         "restore", help="restore one supervisor now (source manual; also unparks a blocked one)"

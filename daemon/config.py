@@ -89,6 +89,12 @@ class Settings:
     # on any address but loopback). Never shown: not in repr, masked in logs.
     web_address: tuple[str, int] = ("127.0.0.1", 8765)
     web_token: str | None = dataclasses.field(default=None, repr=False)
+    # How many of a supervisor's newest messages restoration loads (its length is
+    # always known); agents page older ones with read_history.
+    history_tail: int = 50
+    # Days after which the rows of a completed or failed supervisor (messages, journal,
+    # tasks, checkpoints) are deleted by a running daemon; unset: kept forever.
+    retention_days: float | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -115,6 +121,13 @@ def _positive_float(value: Any) -> float:
     if number <= 0:
         raise ValueError("must be a positive number")
     return number
+
+
+def _retention_days(value: Any) -> float | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    return _positive_float(text)
 
 
 def _webhook_url(value: Any) -> str | None:
@@ -234,6 +247,8 @@ _CONVERTERS: dict[str, Any] = {
     "metrics_refresh_s": _positive_float,
     "web_address": web_address,
     "web_token": _web_token,
+    "history_tail": _positive_int,
+    "retention_days": _retention_days,
 }
 
 

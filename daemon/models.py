@@ -12,9 +12,11 @@ import enum
 import types
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+from daemon import jsonvalues
 
 if TYPE_CHECKING:
     import asyncpg
@@ -132,6 +134,56 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+class JsonTail(Sequence[Any]):
+    """The newest messages of a history as the database sent them - a JSON array,
+    newest first - decoded (oldest first) the first time something reads them.
+
+    Restoring thousands of supervisors builds no message objects that nobody reads:
+    decoding the tails was most of what a long history added to a restoration.
+    Compares equal to a tuple of the same messages.
+    """
+
+    __slots__ = ("_items", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text: str | None = text
+        self._items: tuple[Any, ...] = ()
+
+    def _loaded(self) -> tuple[Any, ...]:
+        if self._text is not None:
+            # The tolerant decoder: a message another tool wrote with a number no double
+            # holds (1e400) is read, not raised on when an agent first reads its tail.
+            items = jsonvalues.decode(self._text)
+            messages = list(items) if isinstance(items, list) else []
+            messages.reverse()
+            self._items, self._text = tuple(messages), None
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._loaded()[index]
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._loaded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonTail | tuple | list):
+            return self._loaded() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._loaded())
+
+    def __repr__(self) -> str:
+        return f"JsonTail({self._loaded()!r})"
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, _Json):
         return value.to_json()
@@ -141,7 +193,7 @@ def _encode(value: Any) -> Any:
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, tuple | list):
+    if isinstance(value, tuple | list | JsonTail):
         return [_encode(item) for item in value]
     return value
 
@@ -158,6 +210,11 @@ def _decode(hint: Any, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
         if not isinstance(value, list | tuple):
             raise ValueError("must be an array")
         (item_hint, _) = typing.get_args(hint)
+        return tuple(_decode(item_hint, item) for item in value)
+    if origin is Sequence:  # read from JSON as a tuple
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be an array")
+        (item_hint,) = typing.get_args(hint)
         return tuple(_decode(item_hint, item) for item in value)
     if hint is Any:
         return value
@@ -247,7 +304,14 @@ class PendingQuestion(_Json):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorState(_Json):
-    """One row of supervisor_states, decoded and typed."""
+    """One row of supervisor_states, decoded and typed.
+
+    `conversation_history` and `spawned_task_ids` hold what was loaded with the state:
+    everything when it is read whole (`Store.get_supervisor`, through the
+    supervisor_states view), nothing in a running supervisor or a list, which carry
+    only the lengths (`history_length`, `spawned_task_count`). Those are always the
+    whole: at least the length of what is held.
+    """
 
     id: uuid.UUID
     contract_id: uuid.UUID
@@ -271,6 +335,16 @@ class SupervisorState(_Json):
     owner_daemon_id: str | None = None
     owner_epoch: int = 0
     agent: str | None = None
+    # How many messages its history holds and how many tasks it spawned, in all.
+    history_length: int = 0
+    spawned_task_count: int = 0
+
+    def __post_init__(self) -> None:
+        # A state built with its whole history (a test, a full save) counts it.
+        if self.history_length < len(self.conversation_history):
+            object.__setattr__(self, "history_length", len(self.conversation_history))
+        if self.spawned_task_count < len(self.spawned_task_ids):
+            object.__setattr__(self, "spawned_task_count", len(self.spawned_task_ids))
 
     @classmethod
     def from_row(cls, row: Row) -> Self:
@@ -307,13 +381,30 @@ class SupervisorRestorationContext(_Json):
 
     success: bool
     previous_state: SupervisorStateKind | None = None
-    conversation_history: tuple[Any, ...] = ()
+    # The newest messages (at most SUPERVISOR_DAEMON_HISTORY_TAIL), oldest first, and the
+    # length of the whole history; `read_history` pages the rest. (A JsonTail when
+    # restoration loaded them: decoded when first read.)
+    conversation_history: Sequence[Any] = ()
+    history_length: int = 0
     pending_questions: tuple[PendingQuestion, ...] = ()
     awaited_task_ids: tuple[uuid.UUID, ...] = ()
-    spawned_task_ids: tuple[uuid.UUID, ...] = ()
+    spawned_task_count: int = 0
     restoration_count: int = 0
     restoration_context_message: str = ""
     warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryMessage(_Json):
+    """One message of a supervisor's conversation, with its place (1, 2, ...)."""
+
+    seq: int
+    message: Any
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(seq=row["seq"], message=row["message"], created_at=row["created_at"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,6 +30,7 @@ from daemon.jsonvalues import issue_of
 from daemon.models import (
     FINISHED_TASK_STATES,
     PHASES,
+    JsonTail,
     PendingQuestion,
     RestorationSource,
     StateRecoveryAction,
@@ -56,16 +57,28 @@ class CrashLoopGuard:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RestorationInput:
-    """Everything loaded for one supervisor."""
+    """Everything loaded for one supervisor.
+
+    `row` is its supervisors row with `conversation_history` (the newest messages, or
+    the non-array value an older writer left), `history_length`, and
+    `spawned_task_ids` (those of the loaded task rows that are spawned, then the ids
+    listed without a task row). The task rows loaded are the awaited and unrecorded
+    ones; every one of them for a supervisor whose state is invalid (a fallback needs
+    them all).
+    """
 
     row: Mapping[str, Any]
-    tasks: Mapping[uuid.UUID, str]  # every task row of this supervisor: id -> status
-    checkpoints: Sequence[Mapping[str, Any]] = ()  # snapshots, newest first
+    tasks: Mapping[uuid.UUID, str]  # task rows of this supervisor: id -> status
+    spawn_seqs: Mapping[uuid.UUID, int] = dataclasses.field(default_factory=dict)  # their places
+    # Checkpoints, newest first: {"snapshot", "message_seq", "task_seq"} (positions NULL
+    # in one written before positions: its snapshot holds copies).
+    checkpoints: Sequence[Mapping[str, Any]] = ()
     answers: Sequence[Mapping[str, Any]] = ()  # question_answers not yet applied
     source: RestorationSource
     now: datetime
     manual: bool = False
     issues: list[str] | None = None  # validate(row, tasks) when already computed
+    history_tail: int = 50  # how many of the newest messages a context carries
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,7 +149,7 @@ def validate(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[str
     questions = _questions(row.get("pending_questions"), issues)
     if state == SupervisorStateKind.WAITING_FOR_USER and not questions:
         issues.append("waiting_for_user with no pending question")
-    if not isinstance(row.get("conversation_history"), list):
+    if not isinstance(row.get("conversation_history"), list | JsonTail):
         issues.append("conversation_history is not a JSON array")
     spawned = _uuid_list(row.get("spawned_task_ids"), "spawned_task_ids", issues)
     awaited = _uuid_list(row.get("pending_task_ids"), "pending_task_ids", issues)
@@ -155,7 +168,7 @@ def validate(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[str
 
 _SNAPSHOT_FIELDS = (
     "state", "phase", "progress", "error_message", "current_activity",
-    "conversation_history", "pending_questions", "pending_task_ids", "spawned_task_ids",
+    "pending_questions", "pending_task_ids",
 )  # fmt: skip
 
 
@@ -165,6 +178,7 @@ def _fresh(row: Mapping[str, Any]) -> dict[str, Any]:
         state=SupervisorStateKind.INITIALIZING.value, phase=PHASES[0], progress=0,
         error_message=None, current_activity=None, conversation_history=[],
         pending_questions=[], pending_task_ids=[], spawned_task_ids=[],
+        history_length=0, rewind={"he": 0, "te": 0, "un": "{}"},
     )  # fmt: skip
     return fresh
 
@@ -219,8 +233,7 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
     if issues:
         checkpoint = _newest_valid_checkpoint(item, warnings)
         if checkpoint is not None:
-            base = {**row, **{k: checkpoint[k] for k in _SNAPSHOT_FIELDS if k in checkpoint}}
-            base = _typed_snapshot(base)
+            base = checkpoint
             action = StateRecoveryAction.USE_CHECKPOINT
             warnings.append(
                 f"stored state invalid; restored the checkpoint of phase {base.get('phase')}"
@@ -247,6 +260,7 @@ def _never_ran(row: Mapping[str, Any]) -> bool:
         row.get("state") == SupervisorStateKind.INITIALIZING
         and not row.get("last_event_seq")
         and not row.get("restoration_count")
+        and not row.get("history_length")
         and not row.get("conversation_history")
     )
 
@@ -275,18 +289,55 @@ def _typed_snapshot(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def _candidate(item: RestorationInput, checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The state a checkpoint restores, with `rewind`: the positions (or the copies,
+    in a checkpoint written before positions) apply_restorations rewinds to."""
+    snapshot = checkpoint.get("snapshot")
+    if not isinstance(snapshot, Mapping):
+        return None
+    candidate = {**item.row, **{k: snapshot.get(k) for k in _SNAPSHOT_FIELDS}}
+    rewind: dict[str, Any] = {}
+    message_seq, task_seq = checkpoint.get("message_seq"), checkpoint.get("task_seq")
+    if message_seq is not None:
+        # Its history is the stored messages up to the position (loaded once chosen).
+        legacy = snapshot.get("legacy_history")
+        candidate["conversation_history"] = [] if legacy is None else legacy
+        candidate["history_length"] = int(message_seq)
+        rewind["he"] = int(message_seq)
+    else:
+        copy = snapshot.get("conversation_history")
+        candidate["conversation_history"] = copy
+        candidate["history_length"] = len(copy) if isinstance(copy, list) else 0
+        rewind.update(he=0, hist=copy)
+    unrecorded = snapshot.get("unrecorded_task_ids") or []
+    if task_seq is not None:
+        spawned = sorted(
+            (seq, t) for t, seq in item.spawn_seqs.items() if seq is not None and seq <= task_seq
+        )
+        candidate["spawned_task_ids"] = [t for _, t in spawned] + list(unrecorded)
+        rewind.update(te=int(task_seq), un=unrecorded)
+    else:
+        candidate["spawned_task_ids"] = snapshot.get("spawned_task_ids")
+        rewind.update(te=0, un=[], sp=snapshot.get("spawned_task_ids"))
+    try:
+        candidate = _typed_snapshot(candidate)
+        rewind["un"] = _array([uuid.UUID(str(t)) for t in rewind["un"]])
+        if rewind.get("sp") is not None:
+            rewind["sp"] = _array(candidate["spawned_task_ids"])
+    except (ValueError, TypeError, AttributeError):
+        return None
+    candidate["rewind"] = rewind
+    return candidate
+
+
 def _newest_valid_checkpoint(
     item: RestorationInput, warnings: list[str]
 ) -> Mapping[str, Any] | None:
-    for n, snapshot in enumerate(item.checkpoints):
-        if not isinstance(snapshot, Mapping) or issue_of(snapshot) is not None:
+    for n, checkpoint in enumerate(item.checkpoints):
+        if not isinstance(checkpoint, Mapping) or issue_of(checkpoint) is not None:
             continue
-        candidate = {**item.row, **{k: snapshot.get(k) for k in _SNAPSHOT_FIELDS}}
-        try:
-            candidate = _typed_snapshot(candidate)
-        except (ValueError, TypeError):
-            continue
-        if not validate(candidate, item.tasks):
+        candidate = _candidate(item, checkpoint)
+        if candidate is not None and not validate(candidate, item.tasks):
             if n:
                 warnings.append(f"skipped {n} newer checkpoint(s) that are invalid too")
             return candidate
@@ -336,7 +387,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
     if state == SupervisorStateKind.WAITING_FOR_TASKS and not still_awaited:
         state = SupervisorStateKind.WORKING
 
-    history = list(base["conversation_history"])
+    history = _newest(base["conversation_history"], item.history_tail)
     count = int(item.row.get("restoration_count") or 0) + 1
     message = context_message(
         supervisor_id=sid, source=item.source, count=count, previous_state=previous_state,
@@ -346,20 +397,22 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         awaited={t: item.tasks.get(t, "unknown") for t in awaited},
         warnings=warnings, issues=list(validation.issues),
     )  # fmt: skip
+    spawned = _spawned_count(base, action)
     context = SupervisorRestorationContext(
         success=True,
         previous_state=SupervisorStateKind(previous_state) if previous_state else None,
-        conversation_history=tuple(history), pending_questions=tuple(questions),
-        awaited_task_ids=tuple(still_awaited), spawned_task_ids=tuple(base["spawned_task_ids"]),
-        restoration_count=count, restoration_context_message=message, warnings=tuple(warnings),
+        conversation_history=history,
+        history_length=int(base.get("history_length") or 0),
+        pending_questions=tuple(questions), awaited_task_ids=tuple(still_awaited),
+        spawned_task_count=spawned, restoration_count=count,
+        restoration_context_message=message, warnings=tuple(warnings),
     )  # fmt: skip
     write = _write_row(item, guard, restored=True)
     if action is not StateRecoveryAction.PROCEED:
         write.update(
             st=state.value, ph=base["phase"], p=base["progress"], er=error,
-            a=base.get("current_activity"), hist=history,
-            pq=[q.to_json() for q in questions], pt=_array(still_awaited),
-            sp=_array(base["spawned_task_ids"]),
+            a=base.get("current_activity"), pq=[q.to_json() for q in questions],
+            pt=_array(still_awaited), **base["rewind"],
         )  # fmt: skip
     else:
         if state.value != item.row["state"]:
@@ -373,6 +426,21 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         context=context, redeliver=tuple(questions), applied_answers=applied, write=write,
         contract_id=item.row.get("contract_id"),
     )  # fmt: skip
+
+
+def _newest(history: Sequence[Any], tail: int) -> Sequence[Any]:
+    """What a context carries of a history: the loaded tail as it is (its length was
+    the limit), the last `tail` messages of a checkpoint's copy."""
+    if isinstance(history, JsonTail):
+        return history
+    return tuple(history[-tail:]) if tail else ()
+
+
+def _spawned_count(base: Mapping[str, Any], action: StateRecoveryAction) -> int:
+    if action is StateRecoveryAction.PROCEED:
+        # Its spawned_task_ids hold the loaded task rows only; the counter is the whole.
+        return int(base.get("task_seq") or 0) + len(base.get("unrecorded_task_ids") or ())
+    return len(base["spawned_task_ids"])
 
 
 def _array(ids: Sequence[uuid.UUID]) -> str:
@@ -392,8 +460,8 @@ def _write_row(item: RestorationInput, guard: CrashLoopGuard, *, restored: bool)
         "id": row["id"], "epoch": row.get("owner_epoch"), "restored": restored,
         "source": item.source.value, "ws": window_started,  # orjson writes RFC 3339
         "wc": in_window + (1 if restored and not item.manual else 0),
-        "st": None, "ph": None, "p": None, "er": None, "a": None, "hist": None, "pq": None,
-        "pt": None, "sp": None,
+        "st": None, "ph": None, "p": None, "er": None, "a": None, "he": None, "te": None,
+        "un": None, "pq": None, "pt": None, "hist": None, "sp": None,
     }  # fmt: skip
 
 

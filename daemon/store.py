@@ -22,6 +22,7 @@ from daemon.batch import Batch
 from daemon.db.queries import queries
 from daemon.errors import NotFoundError, map_db_errors
 from daemon.models import (
+    HistoryMessage,
     PendingQuestion,
     RestorationSource,
     SupervisorState,
@@ -73,27 +74,38 @@ class Store:
     # -- whole states ---------------------------------------------------------------
 
     async def save_supervisor_state_full(self, state: SupervisorState) -> SupervisorState:
-        """UPSERT every state column of `state` (ownership columns are left alone)."""
-        row = await self._fetchrow(
-            "save_supervisor_state_full",
-            state.id,
-            state.contract_id,
-            state.task_id,
-            list(state.conversation_history),
-            list(state.pending_task_ids),
-            state.phase,
-            state.last_activity,
-            state.state.value,
-            state.current_activity,
-            state.progress,
-            state.error_message,
-            list(state.spawned_task_ids),
-            [q.to_json() for q in state.pending_questions],
-            state.restoration_count,
-            state.last_restored_at,
-            state.restoration_source.value if state.restoration_source else None,
-            state.agent,
-        )
+        """UPSERT every state column of `state` (ownership columns are left alone).
+
+        Its history and spawned task ids are made those of `state`: what extends the
+        stored ones is inserted as rows, anything else replaces them. One transaction.
+        """
+        with map_db_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.fetchrow(
+                    queries["save_supervisor_state_full"],
+                    state.id,
+                    state.contract_id,
+                    state.task_id,
+                    list(state.pending_task_ids),
+                    state.phase,
+                    state.last_activity,
+                    state.state.value,
+                    state.current_activity,
+                    state.progress,
+                    state.error_message,
+                    [q.to_json() for q in state.pending_questions],
+                    state.restoration_count,
+                    state.last_restored_at,
+                    state.restoration_source.value if state.restoration_source else None,
+                    state.agent,
+                )
+                await conn.execute(
+                    queries["set_supervisor_history_and_tasks"],
+                    state.id,
+                    list(state.conversation_history),
+                    list(state.spawned_task_ids),
+                )
+                row = await conn.fetchrow(queries["get_supervisor"], state.id)
         return _state(row, state.id)
 
     async def get_supervisor(self, supervisor_id: uuid.UUID) -> SupervisorState | None:
@@ -112,6 +124,19 @@ class Store:
     ) -> list[SupervisorState]:
         rows = await self._fetch("list_supervisors", state.value if state else None, limit)
         return [SupervisorState.from_row(row) for row in rows]
+
+    async def list_supervisor_summaries(
+        self, *, state: SupervisorStateKind | None = None, limit: int = 1000
+    ) -> list[SupervisorState]:
+        """`list_supervisors` without the histories and task ids (their numbers only):
+        what a listing needs, as cheap for old supervisors as for new ones."""
+        rows = await self._fetch("list_supervisor_summaries", state.value if state else None, limit)
+        return [SupervisorState.from_row(row) for row in rows]
+
+    async def get_supervisor_summary(self, supervisor_id: uuid.UUID) -> SupervisorState | None:
+        """One supervisor without its history and task ids (their numbers only)."""
+        row = await self._fetchrow("get_supervisor_summary", supervisor_id)
+        return None if row is None else SupervisorState.from_row(row)
 
     async def get_supervisors_with_pending_questions(self) -> list[SupervisorState]:
         rows = await self._fetch("get_supervisors_with_pending_questions")
@@ -135,8 +160,19 @@ class Store:
     async def add_supervisor_spawned_task(
         self, supervisor_id: uuid.UUID, task_id: uuid.UUID, *, await_task: bool = True
     ) -> None:
-        """Record `task_id` as spawned (and awaited, unless told otherwise). Idempotent."""
-        await self._require("add_supervisor_spawned_task", supervisor_id, task_id, await_task)
+        """Record `task_id` as spawned (and awaited, unless told otherwise). Idempotent;
+        atomic under concurrent writers (the supervisor's row is locked first)."""
+        with map_db_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await conn.fetchval(
+                    queries["add_supervisor_spawned_task"], supervisor_id, task_id
+                )
+                if found:
+                    await conn.execute(
+                        queries["await_supervisor_task"], supervisor_id, task_id, await_task
+                    )
+        if not found:
+            raise NotFoundError(f"supervisor {supervisor_id} does not exist")
 
     async def add_supervisor_pending_question(
         self, supervisor_id: uuid.UUID, question: PendingQuestion
@@ -225,6 +261,29 @@ class Store:
     async def latest_checkpoint(self, supervisor_id: uuid.UUID) -> dict[str, Any] | None:
         row = await self._fetchrow("latest_checkpoint", supervisor_id)
         return None if row is None else dict(row)
+
+    # -- the conversation -------------------------------------------------------------
+
+    async def read_history(
+        self, supervisor_id: uuid.UUID, *, before: int | None = None, limit: int = 50
+    ) -> list[HistoryMessage]:
+        """The newest `limit` messages before sequence number `before` (of all, when
+        None), oldest first: one backward step through the primary key, whatever the
+        history's length."""
+        rows = await self._fetch("list_supervisor_messages", supervisor_id, before, limit)
+        return [HistoryMessage.from_row(row) for row in rows]
+
+    async def spawned_task_ids(self, supervisor_id: uuid.UUID) -> list[uuid.UUID]:
+        """Every task id it spawned, in order (those without a task row last)."""
+        rows = await self._fetch("validate_spawned_tasks", supervisor_id)
+        return [row["task_id"] for row in rows]
+
+    async def read_history_after(
+        self, supervisor_id: uuid.UUID, *, after: int = 0, limit: int = 1000
+    ) -> list[HistoryMessage]:
+        """The first `limit` messages after sequence number `after`, oldest first."""
+        rows = await self._fetch("list_supervisor_messages_after", supervisor_id, after, limit)
+        return [HistoryMessage.from_row(row) for row in rows]
 
 
 class DaemonRegistry:
@@ -372,18 +431,42 @@ class RestorationStore:
                 queries["claim_supervisors"], daemon_id, capacity, include_own
             )
 
-    async def load(self, ids: list[uuid.UUID]) -> dict[str, list[asyncpg.Record]]:
-        """Rows, tasks and unapplied answers of `ids`: three statements."""
+    async def load(
+        self, ids: list[uuid.UUID], history_tail: int
+    ) -> dict[str, list[asyncpg.Record]]:
+        """Rows (each with the newest `history_tail` messages), the tasks restoration
+        checks, and unapplied answers of `ids`: three statements."""
         with map_db_errors():
             async with self._pool.acquire() as conn:
-                rows = await conn.fetch(queries["load_supervisors_for_restoration"], ids)
+                rows = await conn.fetch(
+                    queries["load_supervisors_for_restoration"], ids, history_tail
+                )
                 tasks = await conn.fetch(queries["load_tasks_of_supervisors"], ids)
                 answers = await conn.fetch(queries["load_unapplied_answers"], ids)
         return {"rows": rows, "tasks": tasks, "answers": answers}
 
-    async def checkpoints(self, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    async def checkpoints(
+        self, ids: list[uuid.UUID]
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """The checkpoints of `ids` (newest first) and every task row of theirs."""
         with map_db_errors():
-            return await self._pool.fetch(queries["load_checkpoints_of_supervisors"], ids)
+            async with self._pool.acquire() as conn:
+                checkpoints = await conn.fetch(queries["load_checkpoints_of_supervisors"], ids)
+                tasks = await conn.fetch(queries["load_all_tasks_of_supervisors"], ids)
+        return checkpoints, tasks
+
+    async def history_tails_at(
+        self, positions: dict[uuid.UUID, int], history_tail: int
+    ) -> dict[uuid.UUID, list[Any]]:
+        """For each supervisor, the newest `history_tail` messages up to its position."""
+        with map_db_errors():
+            rows = await self._pool.fetch(
+                queries["load_history_tails_at"],
+                list(positions),
+                list(positions.values()),
+                history_tail,
+            )
+        return {row["supervisor_id"]: row["history_tail"] or [] for row in rows}
 
     async def write(
         self, rows: list[dict[str, Any]], applied_answers: list[uuid.UUID]
@@ -398,9 +481,21 @@ class RestorationStore:
                 written = await conn.fetch(
                     queries["apply_restorations"], dumps(rows, default=str).decode()
                 )
+                done = {row["id"] for row in written}
+                # Checkpoints written before positions carry copies: a rare fallback.
+                copies = [
+                    {"id": row["id"], "hist": row.get("hist"), "sp": row.get("sp")}
+                    for row in rows
+                    if row["id"] in done
+                    and (row.get("hist") is not None or row.get("sp") is not None)
+                ]
+                if copies:
+                    await conn.execute(
+                        queries["restore_copied_histories"], dumps(copies, default=str).decode()
+                    )
                 if applied_answers:
                     await conn.execute(queries["mark_answers_applied"], applied_answers)
-        return {row["id"] for row in written}
+        return done
 
     async def notify_questions(self, bodies: list[str]) -> None:
         """Redeliver questions on the questions channel, one NOTIFY each (their JSON
@@ -465,6 +560,39 @@ class WorkStore:
                 queries["owned_supervisors"], daemon_id, None if ids is None else list(ids)
             )
         return [SupervisorState.from_row(row) for row in rows]
+
+
+class RetentionStore:
+    """Deleting the rows of finished supervisors, in small statements (daemon/retention.py)."""
+
+    TABLES = ("messages", "journal", "tasks", "checkpoints")
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def prunable(self, older_than_s: float, limit: int) -> list[uuid.UUID]:
+        with map_db_errors():
+            rows = await self._pool.fetch(queries["prunable_supervisors"], older_than_s, limit)
+        return [row["id"] for row in rows]
+
+    async def delete_batch(
+        self, table: str, ids: list[uuid.UUID], older_than_s: float, limit: int
+    ) -> tuple[int, int]:
+        """Delete up to `limit` rows of `table` (one of TABLES) of `ids`: one statement,
+        its own transaction. Returns (rows, journal events they held)."""
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries[f"prune_{table}"], ids, older_than_s, limit)
+        return (0, 0) if row is None else (int(row["rows"]), int(row["events"]))
+
+    async def mark_pruned(self, ids: list[uuid.UUID], older_than_s: float) -> int:
+        with map_db_errors():
+            status = await self._pool.execute(queries["mark_pruned"], ids, older_than_s)
+        return int(status.split()[-1])
+
+    async def count(self, older_than_s: float) -> dict[str, int]:
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries["count_prunable"], older_than_s)
+        return {} if row is None else {key: int(value) for key, value in row.items()}
 
 
 # The channel the daemons NOTIFY on when they deliver a question (daemon/runtime/delivery.py)

@@ -105,7 +105,7 @@ async def test_a_bad_task_spec_is_refused_before_it_is_recorded(
         good = await sup.spawn_task({"command": "true"})
         assert (await sup.wait_for_tasks([good]))[good] == TaskStatus.SUCCEEDED
     assert await pool.fetchval("SELECT count(*) FROM supervisor_tasks") == 1
-    assert sup.state.spawned_task_ids == (good,)
+    assert sup.state.spawned_task_count == 1
 
 
 @pytest.mark.parametrize(
@@ -291,27 +291,40 @@ async def test_a_value_the_decoder_refuses_parks_that_supervisor_only(
 ) -> None:
     good = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
     odd = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
-    # Valid JSON that PostgreSQL stores, as another tool may write it.
+    # Valid JSON that PostgreSQL stores, as another tool may write it: in a pending
+    # question (read at restoration) of one, in a message (read when an agent pages
+    # it) of the other.
+    question = new_question().to_json()
+    await pool.execute(
+        "UPDATE supervisor_states SET state = 'waiting_for_user', pending_questions ="
+        " jsonb_build_array($2::jsonb || '{\"weight\": 1e400}'::jsonb) WHERE id = $1",
+        odd.id,
+        question,
+    )
     await pool.execute(
         "UPDATE supervisor_states SET conversation_history ="
         ' \'[{"role": "tool", "content": 1e400}]\' WHERE id = $1',
-        odd.id,
+        good.id,
     )
     outcomes = await _outcomes(pool)
-    assert outcomes[good.id].outcome == "restored"
+    restored = outcomes[good.id]
+    assert restored.outcome == "restored"
+    # The message is read (the number no double holds comes back whole: jsonb printed it
+    # in full), not raised on.
+    assert list(restored.context.conversation_history) == [{"role": "tool", "content": 10**400}]
     parked = outcomes[odd.id]
     assert (parked.outcome, parked.action) == ("blocked", StateRecoveryAction.MANUAL_INTERVENTION)
-    (issue,) = [i for i in parked.validation.issues if "conversation_history" in i]
+    (issue,) = [i for i in parked.validation.issues if "pending_questions" in i]
     assert "non-finite number" in issue
     row = await pool.fetchrow(
-        "SELECT state, error_message, conversation_history::text AS history"
+        "SELECT state, error_message, pending_questions::text AS questions"
         " FROM supervisor_states WHERE id = $1",
         odd.id,
     )
     assert row is not None
     assert row["state"] == "blocked"
     assert "non-finite number" in row["error_message"]
-    assert "1e400" in row["history"] or "1" + "0" * 400 in row["history"]  # left as it was
+    assert "1" + "0" * 400 in row["questions"]  # left as it was (jsonb prints it in full)
     # Readers that list every supervisor still work.
     assert {s.id for s in await store.list_supervisors()} == {good.id, odd.id}
 

@@ -20,7 +20,7 @@ import pytest
 from daemon.models import SupervisorStateKind
 from daemon.store import Store
 from tests.daemonlog import LogLines
-from tests.factories import new_state
+from tests.factories import new_question, new_state
 from tests.test_cli import run_cli
 from tests.test_daemon import daemon_process
 
@@ -91,10 +91,19 @@ async def test_a_row_the_decoder_refuses_is_parked_and_the_others_restored(
     store = Store(pool)
     good = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
     odd = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
+    # As another tool may write them: a number no double holds in a pending question
+    # of one (read at restoration: parked) and in a message of the other (messages are
+    # read when an agent pages them: restored).
+    await pool.execute(
+        "UPDATE supervisor_states SET state = 'waiting_for_user', pending_questions ="
+        " jsonb_build_array($2::jsonb || '{\"weight\": 1e400}'::jsonb) WHERE id = $1",
+        odd.id,
+        new_question().to_json(),
+    )
     await pool.execute(
         "UPDATE supervisor_states SET conversation_history ="
         ' \'[{"role": "tool", "content": 1e400}]\' WHERE id = $1',
-        odd.id,
+        good.id,
     )
     with daemon_process(dsn, tmp_path) as proc:
         log = LogLines(proc)

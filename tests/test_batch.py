@@ -44,7 +44,7 @@ def test_tasks_answers_and_collected_tasks_become_array_literals() -> None:
         ]
     )
     (row,) = batch.rows
-    assert row["ts"] == f"{{{awaited},{background}}}"
+    assert row["tn"] == 2
     assert row["aw"] == f"{{{awaited}}}"
     assert row["ai"] == f"{{{question.id}}}"
     assert row["rt"] == f"{{{done}}}"

@@ -4,7 +4,8 @@ The queue writes through a loopback proxy to PostgreSQL. Another connection hold
 supervisor's row, so the batch waits on the server; the proxy then resets the queue's
 connection (the server goes on) and the queue retries on a new one, which waits too.
 When the row is let go, the first attempt commits and the retry must find it applied:
-the event is acknowledged, in the journal once, and its task row exists once.
+the event is acknowledged, in the journal once, and the row it inserts (a task, a
+message) exists once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import pytest
 
 from daemon import events
 from daemon.db.pool import SERVER_SETTINGS, init_connection
@@ -35,12 +37,17 @@ async def _until_waiting(watcher: asyncpg.Connection[Any], count: int) -> None:
             await anyio.sleep(0.01)
 
 
+@pytest.mark.parametrize("kind", ["task", "message"])
 async def test_retry_of_a_commit_still_running_on_the_server_applies_it_once(
-    dsn: str, pool: asyncpg.Pool[Any], store: Store
+    dsn: str, pool: asyncpg.Pool[Any], store: Store, kind: str
 ) -> None:
-    sid = (await store.save_supervisor_state_full(new_state())).id
+    sid = (await store.save_supervisor_state_full(new_state())).id  # one message already
     task_id = uuid.uuid4()
-    event = events.task_spawned(sid, task_id, spec={"kind": "review"})
+    event = (
+        events.task_spawned(sid, task_id, spec={"kind": "review"})
+        if kind == "task"
+        else events.message_appended(sid, {"role": "assistant", "content": "once"})
+    )
     outcome: dict[str, Any] = {}
     watcher = await asyncpg.connect(dsn)
     locker = await asyncpg.connect(dsn)
@@ -83,5 +90,12 @@ async def test_retry_of_a_commit_still_running_on_the_server_applies_it_once(
     assert (
         await pool.fetchval("SELECT last_event_seq FROM supervisor_states WHERE id = $1", sid) == 1
     )
-    tasks = await pool.fetchval("SELECT count(*) FROM supervisor_tasks WHERE id = $1", task_id)
-    assert tasks == 1
+    counts = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM supervisor_tasks WHERE supervisor_id = $1) AS tasks,"
+        " (SELECT count(*) FROM supervisor_messages WHERE supervisor_id = $1) AS messages,"
+        " task_seq, message_seq FROM supervisors WHERE id = $1",
+        sid,
+    )
+    assert counts is not None
+    expected = (1, 1, 1, 1) if kind == "task" else (0, 2, 0, 2)
+    assert tuple(counts.values()) == expected

@@ -68,6 +68,8 @@ states = st.builds(
     owner_daemon_id=st.none() | texts,
     owner_epoch=st.integers(0, 2**40),
     agent=st.none() | texts,
+    history_length=st.integers(0, 100_000),
+    spawned_task_count=st.integers(0, 100_000),
 )
 
 
@@ -93,9 +95,10 @@ def test_pending_question_round_trips(question: PendingQuestion) -> None:
         success=st.booleans(),
         previous_state=st.none() | st.sampled_from(SupervisorStateKind),
         conversation_history=st.lists(json_values, max_size=3).map(tuple),
+        history_length=st.integers(0, 100_000),
         pending_questions=st.lists(questions, max_size=2).map(tuple),
         awaited_task_ids=st.lists(uuids, max_size=2).map(tuple),
-        spawned_task_ids=st.lists(uuids, max_size=2).map(tuple),
+        spawned_task_count=st.integers(0, 100_000),
         restoration_count=st.integers(0, 100),
         restoration_context_message=texts,
         warnings=st.lists(texts, max_size=2).map(tuple),

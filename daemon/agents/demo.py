@@ -25,7 +25,7 @@ async def run(sup: Supervisor) -> None:
         await sup.change_phase("implement")
 
     if sup.state.phase == "implement":
-        if not sup.state.spawned_task_ids:
+        if not sup.state.spawned_task_count:
             await sup.report_activity("building and testing")
             for spec in TASKS:
                 await sup.spawn_task(spec)

@@ -83,6 +83,7 @@ class Session:
             "report_activity": self._report_activity,
             "report_progress": self._report_progress,
             "append_message": self._append_message,
+            "read_history": self._read_history,
             "complete": self._complete,
             "fail": self._fail,
         }
@@ -157,6 +158,13 @@ class Session:
             raise ProtocolError("'message' is required")
         await self.sup.append_message(r["message"])
 
+    async def _read_history(self, r: dict[str, Any]) -> list[dict[str, Any]]:
+        """A page of the conversation, oldest first (the supervisor checks the bounds)."""
+        before = _field(r, "before", int, required=False)
+        limit = _field(r, "limit", int, required=False)
+        page = await self.sup.read_history(before, limit)
+        return [message.to_json() for message in page]
+
     async def _complete(self, _: dict[str, Any]) -> None:
         await self.sup.complete()
 
@@ -175,7 +183,7 @@ class CommandAgent:
 
     async def __call__(self, sup: Any) -> None:
         slog = log.bind(supervisor_id=str(sup.id), contract_id=str(sup.state.contract_id))
-        first = self._first_message(sup)
+        first = await self._first_message(sup)
         restarts: list[float] = []
         while True:
             try:
@@ -203,27 +211,33 @@ class CommandAgent:
                 "type": "restoration", "protocol": PROTOCOL_VERSION,
                 "reason": f"your process exited with code {code}",
                 "context": sup.describe(f"its agent process exited with code {code}"),
-                **self._state(sup),
+                **(await self._state(sup)),
             }  # fmt: skip
 
-    def _first_message(self, sup: Any) -> dict[str, Any]:
+    async def _first_message(self, sup: Any) -> dict[str, Any]:
         restored = sup.restoration is not None and sup.restoration.restoration_count > 0
         if restored:
             return {"type": "restoration", "protocol": PROTOCOL_VERSION,
                     "reason": "the daemon restored this supervisor",
                     "context": sup.restoration.restoration_context_message,
-                    **self._state(sup)}  # fmt: skip
-        return {"type": "start", "protocol": PROTOCOL_VERSION, **self._state(sup)}
+                    **(await self._state(sup))}  # fmt: skip
+        return {"type": "start", "protocol": PROTOCOL_VERSION, **(await self._state(sup))}
 
     @staticmethod
-    def _state(sup: Any) -> dict[str, Any]:
+    async def _state(sup: Any) -> dict[str, Any]:
         state = sup.state
+        # The spawned task ids and the newest messages are read when a process starts:
+        # a running supervisor holds only their numbers.
+        spawned = await sup.spawned_task_ids()
+        tail = await sup.read_history() if state.history_length else []
         return {
             "supervisorId": str(state.id), "contractId": str(state.contract_id),
             "phase": state.phase, "state": state.state.value, "progress": state.progress,
             "pendingQuestions": [q.to_json() for q in state.pending_questions],
             "awaitedTaskIds": [str(t) for t in state.pending_task_ids],
-            "spawnedTaskIds": [str(t) for t in state.spawned_task_ids],
+            "spawnedTaskIds": [str(t) for t in spawned],
+            "historyLength": state.history_length,
+            "historyTail": [message.to_json() for message in tail],
         }  # fmt: skip
 
     async def _run_once(self, sup: Any, first: dict[str, Any], slog: Any) -> int | None:

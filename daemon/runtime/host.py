@@ -26,7 +26,7 @@ from daemon.runtime.delivery import Delivery
 from daemon.runtime.hub import Hub
 from daemon.runtime.supervisor import Supervisor
 from daemon.runtime.tasks import TaskRunner
-from daemon.store import WorkStore
+from daemon.store import Store, WorkStore
 
 log = get_logger()
 
@@ -43,6 +43,7 @@ class Host:
         delivery: Delivery,
         tg: anyio.abc.TaskGroup,
         heartbeat_s: float = 5.0,
+        history_tail: int = 50,
     ) -> None:
         self._pool = pool
         self._daemon_id = daemon_id
@@ -53,6 +54,8 @@ class Host:
         self._tg = tg
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
+        self._reads = Store(pool)
+        self._history_tail = history_tail
 
     def contract_of(self, supervisor_id: uuid.UUID) -> uuid.UUID | None:
         """The contract of a supervisor running here (None otherwise), for log lines."""
@@ -83,6 +86,7 @@ class Host:
             sup = Supervisor(
                 state, queue=self._queue, hub=self._hub, runner=self._runner,
                 deliver=self._deliver, restoration=contexts.get(state.id),
+                reads=self._reads, history_tail=self._history_tail,
             )  # fmt: skip
             self.running[sup.id] = sup
             self._tg.start_soon(self._run_agent, sup, name=f"agent {sup.id}")

@@ -1,12 +1,15 @@
 """Restore every supervisor this daemon owns, set-based, before it reports ready.
 
-Claim (one statement), then per chunk of supervisors: load rows, tasks and unapplied
-answers (three statements), the checkpoints of the invalid ones (one more, only when
-some are invalid), decide each supervisor's outcome (daemon.restoration, pure), and
-write all outcomes and applied answers in one transaction. The redelivered questions'
-NOTIFYs follow the commit, best effort: one that fails is logged and fails nothing.
-One supervisor's failure is its own outcome; it never stops the others, and a value
-the JSON decoder refuses is such a failure (daemon.jsonvalues: it parks that one).
+Claim (one statement), then per chunk of supervisors: load rows (each with only the
+newest `history_tail` messages and the history's length), the task rows to check and
+unapplied answers (three statements), the checkpoints and task rows of the invalid
+ones (two more, only when some are invalid), decide each supervisor's outcome
+(daemon.restoration, pure), and write all outcomes and applied answers in one
+transaction. The redelivered questions' NOTIFYs follow the commit, best effort: one
+that fails is logged and fails nothing. What is loaded per supervisor does not grow
+with its age. One supervisor's failure is its own outcome; it never stops the others,
+and a value the JSON decoder refuses is such a failure (daemon.jsonvalues: it parks
+that one).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import asyncpg
 
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
-from daemon.models import RestorationSource
+from daemon.models import JsonTail, RestorationSource, StateRecoveryAction
 from daemon.restoration import (
     CrashLoopGuard,
     RestorationInput,
@@ -38,6 +41,7 @@ from daemon.store import RestorationStore
 
 log = get_logger()
 CHUNK = 2_000
+HISTORY_TAIL = 50  # the default of SUPERVISOR_DAEMON_HISTORY_TAIL
 
 OutcomeCallback = Callable[[RestorationOutcome], None]
 
@@ -60,6 +64,7 @@ async def restore_all(
     capacity: int = 1_000_000,
     on_outcome: OutcomeCallback | None = None,
     include_own: bool = True,
+    history_tail: int = HISTORY_TAIL,
 ) -> RestorationSummary:
     """Claim this daemon's supervisors and orphans, restore them all, log a summary.
 
@@ -86,12 +91,17 @@ async def restore_all(
         for row in claimed
     }
     return await restore(
-        pool, sources, guard=guard or CrashLoopGuard(), on_outcome=on_outcome, started=started
-    )
+        pool, sources, guard=guard or CrashLoopGuard(), on_outcome=on_outcome, started=started,
+        history_tail=history_tail,
+    )  # fmt: skip
 
 
 async def restore_manually(
-    pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID, *, guard: CrashLoopGuard | None = None
+    pool: asyncpg.Pool[Any],
+    supervisor_id: uuid.UUID,
+    *,
+    guard: CrashLoopGuard | None = None,
+    history_tail: int = HISTORY_TAIL,
 ) -> RestorationOutcome | None:
     """An operator's restoration of one supervisor (source `manual`, guard bypassed).
 
@@ -105,6 +115,7 @@ async def restore_manually(
         guard=guard or CrashLoopGuard(),
         manual=True,
         on_outcome=found.append,
+        history_tail=history_tail,
     )
     return found[0] if found else None
 
@@ -117,6 +128,7 @@ async def restore(
     manual: bool = False,
     on_outcome: OutcomeCallback | None = None,
     started: float | None = None,
+    history_tail: int = HISTORY_TAIL,
 ) -> RestorationSummary:
     started = time.perf_counter() if started is None else started
     store = RestorationStore(pool)
@@ -142,10 +154,10 @@ async def restore(
                 on_outcome(result)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_load_ahead, store, chunks, send)
+        tg.start_soon(_load_ahead, store, chunks, send, history_tail)
         async with receive:
             async for loaded in receive:
-                results = await _decide_chunk(store, loaded, sources, guard, manual)
+                results = await _decide_chunk(store, loaded, sources, guard, manual, history_tail)
                 if writing is not None:
                     await writing.done.wait()
                     finish(writing)
@@ -173,10 +185,11 @@ async def _load_ahead(
     store: RestorationStore,
     chunks: list[list[uuid.UUID]],
     send: anyio.abc.ObjectSendStream[Loaded],
+    history_tail: int,
 ) -> None:
     async with send:
         for chunk in chunks:
-            await send.send(await store.load(chunk))
+            await send.send(await store.load(chunk, history_tail))
 
 
 class _Write:
@@ -202,40 +215,98 @@ class _Write:
         self.done.set()
 
 
-async def _decide_chunk(
+def _tasks_by_supervisor(
+    records: Sequence[asyncpg.Record],
+) -> tuple[dict[uuid.UUID, dict[uuid.UUID, str]], dict[uuid.UUID, dict[uuid.UUID, int]]]:
+    """Task rows -> per supervisor, each task's status, and the places of the spawned."""
+    statuses: dict[uuid.UUID, dict[uuid.UUID, str]] = {}
+    places: dict[uuid.UUID, dict[uuid.UUID, int]] = {}
+    for task in records:
+        sid = task["supervisor_id"]
+        statuses.setdefault(sid, {})[task["id"]] = task["status"]
+        if task["spawn_seq"] is not None:
+            places.setdefault(sid, {})[task["id"]] = task["spawn_seq"]
+    return statuses, places
+
+
+def _as_restoration_row(record: asyncpg.Record, places: dict[uuid.UUID, int]) -> dict[str, Any]:
+    """A supervisors row as daemon.restoration reads it (see RestorationInput)."""
+    row = dict(record)
+    legacy = row.pop("legacy_history", None)
+    tail = row.pop("history_tail", None)
+    if legacy is not None:
+        row["conversation_history"] = legacy
+    else:
+        row["conversation_history"] = JsonTail(tail) if tail else []
+    spawned = sorted((seq, t) for t, seq in places.items())
+    row["spawned_task_ids"] = [t for _, t in spawned] + list(row["unrecorded_task_ids"])
+    return row
+
+
+async def _decide_chunk(  # noqa: PLR0917 - internal step of `restore`, called once
     store: RestorationStore,
     loaded: Loaded,
     sources: dict[uuid.UUID, RestorationSource],
     guard: CrashLoopGuard,
     manual: bool,
+    history_tail: int,
 ) -> list[RestorationOutcome]:
-    tasks: dict[uuid.UUID, dict[uuid.UUID, str]] = {}
-    for task in loaded["tasks"]:
-        tasks.setdefault(task["supervisor_id"], {})[task["id"]] = task["status"]
+    tasks, places = _tasks_by_supervisor(loaded["tasks"])
     answers: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for answer in loaded["answers"]:
         answers.setdefault(answer["supervisor_id"], []).append(dict(answer))
-    rows = [dict(row) for row in loaded["rows"]]
+    rows = [_as_restoration_row(row, places.get(row["id"], {})) for row in loaded["rows"]]
 
-    # Checkpoints only for the supervisors whose state is invalid (a few percent).
+    # Checkpoints, and every task row, only for the supervisors whose state is invalid
+    # (a few percent): a fallback needs the spawned tasks at a checkpoint's position.
     issues = {row["id"]: validate(row, tasks.get(row["id"], {})) for row in rows}
     invalid = [sid for sid, found in issues.items() if found]
     checkpoints: dict[uuid.UUID, list[Any]] = {}
     if invalid:
-        for record in await store.checkpoints(invalid):
-            checkpoints.setdefault(record["supervisor_id"], []).append(record["snapshot"])
+        records, all_tasks = await store.checkpoints(invalid)
+        for record in records:
+            checkpoints.setdefault(record["supervisor_id"], []).append(dict(record))
+        every, every_place = _tasks_by_supervisor(all_tasks)
+        for sid in invalid:
+            tasks[sid], places[sid] = every.get(sid, {}), every_place.get(sid, {})
 
     results = []
     for row in rows:
         sid = row["id"]
         now: datetime = row.pop("db_now")
         item = RestorationInput(
-            row=row, tasks=tasks.get(sid, {}), checkpoints=checkpoints.get(sid, ()),
-            answers=answers.get(sid, ()), source=sources[sid], now=now, manual=manual,
-            issues=issues[sid],
+            row=row, tasks=tasks.get(sid, {}), spawn_seqs=places.get(sid, {}),
+            checkpoints=checkpoints.get(sid, ()), answers=answers.get(sid, ()),
+            source=sources[sid], now=now, manual=manual, issues=issues[sid],
+            history_tail=history_tail,
         )  # fmt: skip
         results.append(plan_safely(item, guard))
-    return results
+    return await _with_checkpoint_histories(store, results, history_tail)
+
+
+async def _with_checkpoint_histories(
+    store: RestorationStore, results: list[RestorationOutcome], history_tail: int
+) -> list[RestorationOutcome]:
+    """A fallback to a checkpoint's position hands its agent the messages up to that
+    position: loaded now, for the few that fell back (one statement)."""
+    positions = {
+        r.supervisor_id: r.write["he"]
+        for r in results
+        if r.action is StateRecoveryAction.USE_CHECKPOINT
+        and r.write.get("he")
+        and r.write.get("hist") is None
+    }
+    if not positions or not history_tail:
+        return results
+    tails = await store.history_tails_at(positions, history_tail)
+
+    def with_tail(r: RestorationOutcome) -> RestorationOutcome:
+        tail = tuple(tails.get(r.supervisor_id, ()))
+        return dataclasses.replace(
+            r, context=dataclasses.replace(r.context, conversation_history=tail)
+        )
+
+    return [with_tail(r) if r.supervisor_id in positions else r for r in results]
 
 
 def _notifications(results: Sequence[RestorationOutcome]) -> list[str]:

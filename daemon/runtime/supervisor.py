@@ -5,6 +5,10 @@ is durable (progress and heartbeats excepted: they are coalesced). Events carry 
 supervisor's ownership epoch, so a daemon that lost the supervisor cannot write over
 its new owner. Arguments are checked before anything is recorded (daemon.limits): a bad
 one raises InvalidInputError (a ValueError) and leaves the supervisor as it was.
+
+Nothing a supervisor holds grows with its age: its state carries the length of its
+history and the number of tasks it spawned, not the messages or the ids (those are
+rows in the database); `read_history` pages the conversation from there.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from daemon import events, limits
 from daemon.models import (
+    HistoryMessage,
     PendingQuestion,
     QuestionType,
     SupervisorRestorationContext,
@@ -27,6 +32,17 @@ from daemon.runtime.hub import Hub
 from daemon.runtime.tasks import TaskRunner
 
 DeliverFn = Callable[[uuid.UUID, PendingQuestion], Awaitable[None]]
+MAX_HISTORY_PAGE = 1000
+
+
+class Reads(Protocol):
+    """What a supervisor reads back from the database (daemon.store.Store does)."""
+
+    async def read_history(
+        self, supervisor_id: uuid.UUID, *, before: int | None = None, limit: int = 50
+    ) -> list[HistoryMessage]: ...
+
+    async def spawned_task_ids(self, supervisor_id: uuid.UUID) -> list[uuid.UUID]: ...
 
 
 class Supervisor:
@@ -41,13 +57,25 @@ class Supervisor:
         runner: TaskRunner,
         deliver: DeliverFn,
         restoration: SupervisorRestorationContext | None = None,
+        reads: Reads | None = None,
+        history_tail: int = 50,
     ) -> None:
+        # No messages and no task ids are held (see the module docstring): a state
+        # loaded whole keeps only their counts.
+        if state.conversation_history or state.spawned_task_ids:
+            state = state.evolve(conversation_history=(), spawned_task_ids=())
         self.state = state
+        # The context's messages are not kept either: read_history pages them.
+        if restoration is not None:
+            restoration = restoration.evolve(conversation_history=())
         self.restoration = restoration
         self._queue = queue
         self._hub = hub
         self._runner = runner
         self._deliver = deliver
+        self._reads = reads
+        # The page read_history returns by default: SUPERVISOR_DAEMON_HISTORY_TAIL.
+        self.history_tail = history_tail
         self._epoch = state.owner_epoch
 
     @property
@@ -64,7 +92,7 @@ class Supervisor:
             events.task_spawned(self.id, task_id, spec=spec, awaited=awaited, epoch=self._epoch)
         )
         self.state = self.state.evolve(
-            spawned_task_ids=(*self.state.spawned_task_ids, task_id),
+            spawned_task_count=self.state.spawned_task_count + 1,
             pending_task_ids=(*self.state.pending_task_ids, task_id) if awaited
             else self.state.pending_task_ids,
         )  # fmt: skip
@@ -141,10 +169,40 @@ class Supervisor:
         self.state = self.state.evolve(progress=progress)
 
     async def append_message(self, message: Any) -> None:
+        """Append one message to the conversation: one inserted row, durable on return."""
         await self._submit(events.message_appended(self.id, message, epoch=self._epoch))
-        self.state = self.state.evolve(
-            conversation_history=(*self.state.conversation_history, message)
-        )
+        self.state = self.state.evolve(history_length=self.state.history_length + 1)
+
+    async def read_history(
+        self, before: int | None = None, limit: int | None = None
+    ) -> list[HistoryMessage]:
+        """A page of the conversation, oldest first: the newest `limit` messages (at most
+        MAX_HISTORY_PAGE; default `history_tail`) before sequence number `before`
+        (messages are numbered from 1; None: the newest of all). An empty page means
+        there is nothing older."""
+        if limit is None:
+            limit = self.history_tail
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 0 < limit <= MAX_HISTORY_PAGE
+        ):
+            raise ValueError(
+                f"limit must be an integer from 1 to {MAX_HISTORY_PAGE}, not {limit!r}"
+            )
+        if before is not None and (
+            isinstance(before, bool) or not isinstance(before, int) or before < 1
+        ):
+            raise ValueError(f"before must be a positive integer, not {before!r}")
+        if self._reads is None:
+            return []
+        return await self._reads.read_history(self.id, before=before, limit=limit)
+
+    async def spawned_task_ids(self) -> list[uuid.UUID]:
+        """Every task it spawned, oldest first (read from the database: not held)."""
+        if self._reads is None:
+            return []
+        return await self._reads.spawned_task_ids(self.id)
 
     async def set_state(self, state: SupervisorStateKind, *, activity: str | None = None) -> None:
         if state == self.state.state and activity is None:

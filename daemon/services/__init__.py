@@ -22,6 +22,7 @@ from daemon.errors import AmbiguousIdError, BadChoiceError, ConflictError, NotFo
 from daemon.logs import get_logger
 from daemon.models import (
     PHASES,
+    HistoryMessage,
     PendingQuestion,
     SupervisorState,
     SupervisorStateKind,
@@ -287,6 +288,18 @@ class Services:
         return ConversationPage(
             messages=tuple(messages), length=length, older=oldest if oldest > 1 else None
         )
+
+    async def messages_after(
+        self, supervisor: Id, *, after: int = 0, limit: int = 1000
+    ) -> tuple[int, list[HistoryMessage]]:
+        """The conversation's length and its messages after position `after`, oldest
+        first (`history ID --messages`)."""
+        supervisor_id = await self.supervisor_id(supervisor)
+        summary = await self._store.get_supervisor_summary(supervisor_id)
+        if summary is None:
+            raise NotFoundError(f"supervisor {supervisor_id} does not exist")
+        page = await self._store.read_history_after(supervisor_id, after=after, limit=limit)
+        return summary.history_length, page
 
     async def daemons(self) -> list[dict[str, Any]]:
         """Every registered daemon: lease, capacity, how many supervisors it owns."""

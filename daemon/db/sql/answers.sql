@@ -1,7 +1,7 @@
 -- find_pending_question --
 -- The supervisor that waits on a question id, with the question, or nothing
 SELECT s.id AS supervisor_id, s.owner_daemon_id, q AS question
-FROM supervisor_states s
+FROM supervisors s
 CROSS JOIN LATERAL jsonb_array_elements(
     CASE WHEN jsonb_typeof(s.pending_questions) = 'array' THEN s.pending_questions
          ELSE '[]'::jsonb END) AS q
@@ -31,7 +31,7 @@ FROM saved
 -- Answers not yet applied for this daemon's supervisors (the polling fallback)
 SELECT a.question_id, a.supervisor_id, a.answer, a.answered_by
 FROM question_answers a
-JOIN supervisor_states s ON s.id = a.supervisor_id
+JOIN supervisors s ON s.id = a.supervisor_id
 WHERE a.applied_at IS NULL AND s.owner_daemon_id = $1
 
 -- notify_question --

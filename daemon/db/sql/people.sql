@@ -58,24 +58,21 @@ ORDER BY state
 
 -- supervisor_for_people --
 -- One supervisor without its conversation, with how many messages its conversation holds
-SELECT id, contract_id, task_id, pending_task_ids, phase, last_activity, created_at,
-       updated_at, state, current_activity, progress, error_message, spawned_task_ids,
-       pending_questions, restoration_count, last_restored_at, restoration_source,
-       owner_daemon_id, owner_epoch, agent, last_event_seq,
-       CASE WHEN jsonb_typeof(conversation_history) = 'array'
-            THEN jsonb_array_length(conversation_history) ELSE 0 END AS conversation_length
-FROM supervisor_states
-WHERE id = $1
+SELECT v.id, v.contract_id, v.task_id, v.pending_task_ids, v.phase, v.last_activity,
+       v.created_at, v.updated_at, v.state, v.current_activity, v.progress, v.error_message,
+       v.spawned_task_ids, v.pending_questions, v.restoration_count, v.last_restored_at,
+       v.restoration_source, v.owner_daemon_id, v.owner_epoch, v.agent, v.last_event_seq,
+       s.message_seq AS conversation_length
+FROM supervisor_states v
+JOIN supervisors s ON s.id = v.id
+WHERE v.id = $1
 
 -- conversation_page --
--- Messages of a supervisor's conversation before position $2 (1-based), newest first, at most $3
-SELECT m.position, m.message
-FROM supervisor_states s
-CROSS JOIN LATERAL jsonb_array_elements(
-    CASE WHEN jsonb_typeof(s.conversation_history) = 'array' THEN s.conversation_history
-         ELSE '[]'::jsonb END) WITH ORDINALITY AS m(message, position)
-WHERE s.id = $1 AND m.position < $2
-ORDER BY m.position DESC
+-- Messages of a supervisor's conversation before position $2 (its seq, from 1), newest first, at most $3
+SELECT m.seq AS position, m.message
+FROM supervisor_messages m
+WHERE m.supervisor_id = $1 AND m.seq < $2
+ORDER BY m.seq DESC
 LIMIT $3
 
 -- daemons_for_people --

@@ -5,18 +5,23 @@
 -- where it is used. The journal segments are not in the document at all: ROWS FROM
 -- pairs the n-th segment with the n-th row, and the journal column (json) only
 -- checks their text.
+-- Nothing that grows with a supervisor's age is rewritten: a message is an inserted
+-- row of supervisor_messages and a spawned task one of supervisor_tasks, numbered from
+-- the counters the UPDATE advances (message_seq, task_seq); a checkpoint records those
+-- positions. Every INSERT reads the rows the UPDATE returned, so a supervisor it left
+-- untouched (fenced, or holding this batch already) gets no rows either.
 WITH b AS (
     SELECT *
     FROM ROWS FROM (
         json_to_recordset($1::text::json) AS (
             i uuid, n int, ph text, st text, a text, p int, er text, ep bigint,
-            le uuid, tk json, ts uuid[], aw uuid[], q json, an json, ai text[],
-            m json, rt uuid[]),
+            le uuid, tk json, tn int, aw uuid[], q json, an json, ai text[],
+            m json, mn int, rt uuid[]),
         unnest($3::text[])
-    ) AS b(i, n, ph, st, a, p, er, ep, le, tk, ts, aw, q, an, ai, m, rt, ev)
+    ) AS b(i, n, ph, st, a, p, er, ep, le, tk, tn, aw, q, an, ai, m, mn, rt, ev)
 ),
 upd AS (
-    UPDATE supervisor_states s SET
+    UPDATE supervisors s SET
         phase = COALESCE(b.ph, s.phase),
         -- An answer that leaves no question pending ends waiting_for_user.
         state = CASE
@@ -30,8 +35,7 @@ upd AS (
         error_message = CASE WHEN b.st IS NULL THEN s.error_message ELSE b.er END,
         current_activity = COALESCE(b.a, s.current_activity),
         progress = COALESCE(b.p, s.progress),
-        spawned_task_ids = CASE WHEN b.ts IS NULL THEN s.spawned_task_ids
-                                ELSE s.spawned_task_ids || b.ts END,
+        task_seq = s.task_seq + COALESCE(b.tn, 0),
         pending_task_ids = CASE
             WHEN b.rt IS NOT NULL THEN ARRAY(
                 SELECT u.t
@@ -49,8 +53,7 @@ upd AS (
                     WITH ORDINALITY AS e(q, ord)
                 WHERE NOT (e.q->>'id' = ANY (b.ai)))
             END,
-        conversation_history = CASE WHEN b.m IS NULL THEN s.conversation_history
-                                    ELSE s.conversation_history || b.m::jsonb END,
+        message_seq = s.message_seq + COALESCE(b.mn, 0),
         last_event_seq = s.last_event_seq + b.n,
         last_event_id = COALESCE(b.le, s.last_event_id),
         last_activity = now(),
@@ -65,7 +68,8 @@ upd AS (
       -- when that attempt is still committing, this statement waits for it and then
       -- re-reads the row (READ COMMITTED), so the two can never both apply.
       AND (b.le IS NULL OR s.last_event_id IS DISTINCT FROM b.le)
-    RETURNING s.id, s.phase, s.last_event_seq, b.n, b.ev, b.le, b.tk, b.an,
+    RETURNING s.id, s.phase, s.last_event_seq, s.message_seq, s.task_seq, b.n, b.ev, b.le,
+        b.tk, b.tn, b.an, b.m, b.mn,
         CASE WHEN b.ph IS NOT NULL
              THEN to_jsonb(s) - 'owner_daemon_id' - 'owner_epoch' END AS snapshot
 ),
@@ -75,13 +79,21 @@ journal AS (
     FROM upd u
     WHERE u.n > 0
 ),
+messages AS (
+    INSERT INTO supervisor_messages (supervisor_id, seq, message)
+    SELECT u.id, u.message_seq - u.mn + x.ord, x.m
+    FROM upd u
+    CROSS JOIN LATERAL json_array_elements(u.m) WITH ORDINALITY AS x(m, ord)
+    WHERE u.m IS NOT NULL
+),
 -- A plain INSERT: a batch is never applied twice (the compare-and-set above), so a task id that exists already belongs to another task, and the event that
 -- reuses it fails alone (unique violation) instead of pointing at someone else's task.
 tasks AS (
-    INSERT INTO supervisor_tasks (id, supervisor_id, spec)
-    SELECT t.t, u.id, t.sp
+    INSERT INTO supervisor_tasks (id, supervisor_id, spec, spawn_seq)
+    SELECT t.t, u.id, t.sp, u.task_seq - u.tn + t.ord
     FROM upd u
-    CROSS JOIN LATERAL json_to_recordset(u.tk) AS t(t uuid, sp jsonb)
+    CROSS JOIN LATERAL ROWS FROM (json_to_recordset(u.tk) AS (t uuid, sp jsonb))
+        WITH ORDINALITY AS t(t, sp, ord)
     WHERE u.tk IS NOT NULL
 ),
 answers AS (
@@ -94,8 +106,10 @@ answers AS (
         SET applied_at = COALESCE(question_answers.applied_at, now())
 ),
 checkpoints AS (
-    INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot, event_seq)
-    SELECT u.id, u.phase, u.snapshot, u.last_event_seq FROM upd u WHERE u.snapshot IS NOT NULL
+    INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot, event_seq, message_seq,
+                                        task_seq)
+    SELECT u.id, u.phase, u.snapshot, u.last_event_seq, u.message_seq, u.task_seq
+    FROM upd u WHERE u.snapshot IS NOT NULL
 )
 -- The common case costs two counts; the anti-join runs only when some row was left.
 SELECT CASE WHEN (SELECT count(*) FROM upd) = (SELECT count(*) FROM b) THEN NULL
@@ -106,7 +120,7 @@ SELECT CASE WHEN (SELECT count(*) FROM upd) = (SELECT count(*) FROM b) THEN NULL
 -- Of (supervisor, event id) pairs, the supervisors whose newest applied event is not that event: a batch that left some supervisors untouched was refused for these (fenced, gone), and had already been applied for the others (an earlier attempt committed)
 SELECT x.sid
 FROM unnest($1::uuid[], $2::uuid[]) AS x(sid, eid)
-LEFT JOIN supervisor_states s ON s.id = x.sid
+LEFT JOIN supervisors s ON s.id = x.sid
 WHERE s.last_event_id IS DISTINCT FROM x.eid
 
 -- list_supervisor_events --

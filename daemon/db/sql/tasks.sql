@@ -32,7 +32,7 @@ SELECT id, status, result FROM supervisor_tasks WHERE id = ANY ($1::uuid[])
 -- Command tasks of this daemon's supervisors that have not finished, oldest first
 SELECT t.id, t.supervisor_id, s.contract_id, t.status, t.spec
 FROM supervisor_tasks t
-JOIN supervisor_states s ON s.id = t.supervisor_id
+JOIN supervisors s ON s.id = t.supervisor_id
 WHERE s.owner_daemon_id = $1
   AND t.status IN ('pending', 'running')
   AND t.spec ? 'command'
