@@ -89,3 +89,11 @@ def test_parameters_are_the_document_the_ids_and_one_segment_text_per_row() -> N
     assert json.loads(segments[0]) == [
         [event.id, "state_changed", {"state": "working", "errorMessage": None}]
     ]
+
+
+def test_messages_are_counted_for_their_sequence_numbers() -> None:
+    sid = uuid.uuid4()
+    batch = fold([events.message_appended(sid, {"n": n}) for n in range(3)])
+    (row,) = batch.rows
+    assert (row["m"], row["mn"]) == ([{"n": 0}, {"n": 1}, {"n": 2}], 3)
+    assert "tn" not in row
