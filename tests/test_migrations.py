@@ -60,6 +60,7 @@ EXPECTED_COLUMNS = {
         "lease_expires_at",
         "stopped_at",
         "capacity",
+        "token",
     },
     "supervisor_tasks": {
         "id",
@@ -69,6 +70,8 @@ EXPECTED_COLUMNS = {
         "result",
         "created_at",
         "updated_at",
+        "run_epoch",
+        "runs",
     },
     "supervisor_checkpoints": {
         "id",

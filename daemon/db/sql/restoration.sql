@@ -1,23 +1,70 @@
 -- claim_supervisors --
--- Take ownership (epoch + 1) of unowned supervisors, of orphans whose daemon's lease expired, and (when $3) of this daemon's own unfinished ones, up to a capacity; returns each with its new epoch and previous owner
-WITH candidates AS (
+-- Take ownership (epoch + 1) for daemon $1 (token $4), only while its own lease is live: when $3 (a start, or a lease regained) its own unfinished supervisors, up to its capacity $2; and unowned supervisors and orphans of daemons that stopped or whose lease expired, up to a fair share (the unfinished supervisors divided by the daemons alive, less what it owns) and its room under the capacity; returns each with its new epoch and previous owner
+WITH me AS (
+    SELECT id FROM daemons
+    WHERE id = $1 AND token IS NOT DISTINCT FROM $4 AND stopped_at IS NULL
+      AND lease_expires_at > now()
+),
+counts AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE owner_daemon_id = $1) AS mine
+    FROM supervisor_states
+    WHERE state NOT IN ('completed', 'failed', 'blocked')
+),
+alive AS (
+    SELECT greatest(count(*), 1) AS daemons
+    FROM daemons
+    WHERE stopped_at IS NULL AND lease_expires_at > now()
+),
+own AS (
+    SELECT s.id, s.owner_daemon_id AS previous_owner
+    FROM supervisor_states s
+    WHERE $3 AND s.owner_daemon_id = $1 AND EXISTS (SELECT 1 FROM me)
+      AND s.state NOT IN ('completed', 'failed', 'blocked')
+    ORDER BY s.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+others AS (
     SELECT s.id, s.owner_daemon_id AS previous_owner
     FROM supervisor_states s
     LEFT JOIN daemons d ON d.id = s.owner_daemon_id
-    WHERE s.state NOT IN ('completed', 'failed', 'blocked')
+    WHERE s.state NOT IN ('completed', 'failed', 'blocked') AND EXISTS (SELECT 1 FROM me)
       AND (s.owner_daemon_id IS NULL
-           OR (s.owner_daemon_id = $1 AND $3)
            OR (s.owner_daemon_id <> $1
                AND (d.stopped_at IS NOT NULL OR d.lease_expires_at < now())))
     ORDER BY s.id
-    LIMIT $2
+    LIMIT (SELECT greatest(0, least($2 - c.mine,
+                                    ceil(c.total::numeric / a.daemons)::bigint - c.mine))
+           FROM counts c, alive a)
     FOR UPDATE OF s SKIP LOCKED
+),
+candidates AS (
+    SELECT * FROM own
+    UNION ALL
+    SELECT * FROM others
 )
 UPDATE supervisor_states s
 SET owner_daemon_id = $1, owner_epoch = s.owner_epoch + 1
 FROM candidates c
 WHERE s.id = c.id
 RETURNING s.id, s.owner_epoch, c.previous_owner
+
+-- release_for_manual_restore --
+-- An operator's restoration takes a supervisor away from its owner: a new epoch (the owner's next write is refused, and it stops the agent) and no owner (the next claim round of a daemon with room takes it); returns the new epoch and who owned it, and whether that daemon's lease was live
+WITH previous AS (
+    SELECT s.id, s.owner_daemon_id,
+           (d.stopped_at IS NULL AND d.lease_expires_at > now()) AS owner_alive
+    FROM supervisor_states s
+    LEFT JOIN daemons d ON d.id = s.owner_daemon_id
+    WHERE s.id = $1
+    FOR UPDATE OF s
+)
+UPDATE supervisor_states s
+SET owner_daemon_id = NULL, owner_epoch = s.owner_epoch + 1
+FROM previous p
+WHERE s.id = p.id
+RETURNING s.owner_epoch, s.contract_id, p.owner_daemon_id AS previous_owner,
+          COALESCE(p.owner_alive, false) AS owner_alive
 
 -- load_supervisors_for_restoration --
 -- The full rows of some supervisors, with the database's clock
