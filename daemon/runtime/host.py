@@ -68,6 +68,7 @@ class Host:
         # Grows each time every supervisor is dropped (the lease lapsed): a start that
         # began before must not start agents after.
         self._generation = 0
+        self._lost: set[tuple[uuid.UUID, int]] = set()  # never started again
 
     def contract_of(self, supervisor_id: uuid.UUID) -> uuid.UUID | None:
         """The contract of a supervisor running here (None otherwise), for log lines."""
@@ -98,6 +99,8 @@ class Host:
                     continue
                 # Claimed again (a newer epoch): the agent of the old one goes first.
                 self.drop(state.id, current.epoch, reason="claimed again under a new epoch")
+            if (state.id, state.owner_epoch) in self._lost:
+                continue  # epochs only grow: one this daemon lost is never its own again
             if not state.agent:
                 log.info("supervisor.no_agent", supervisor_id=str(state.id),
                          contract_id=str(state.contract_id))  # fmt: skip
@@ -122,6 +125,7 @@ class Host:
                 self._runner.stop(supervisor_id, epoch)
             return False
         sup.lost = True
+        self._lost.add((supervisor_id, sup.epoch))
         del self.running[supervisor_id]
         self._scopes.pop(supervisor_id).cancel()
         tasks = self._runner.stop(supervisor_id, sup.epoch)
