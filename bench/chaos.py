@@ -273,9 +273,12 @@ class Cluster:
                 os.kill(process.pid, signal.SIGKILL)
 
     async def registered(self, pool: asyncpg.Pool[Any], names: list[str]) -> bool:
-        rows = await pool.fetch(
-            "SELECT id FROM daemons WHERE stopped_at IS NULL AND lease_expires_at > now()"
-        )
+        try:
+            rows = await pool.fetch(
+                "SELECT id FROM daemons WHERE stopped_at IS NULL AND lease_expires_at > now()"
+            )
+        except asyncpg.UndefinedTableError:
+            return False  # not migrated yet: the first daemon does it
         return set(names) <= {row["id"] for row in rows}
 
     async def create_supervisors(self, pool: asyncpg.Pool[Any], count: int) -> list[uuid.UUID]:

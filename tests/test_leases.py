@@ -224,3 +224,42 @@ async def test_manual_restore_takes_over_from_a_live_owner_with_a_new_epoch(
         "supervisors", "show", str(parked.id), env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
     )
     assert "owner         live (epoch 9)" in shown.stdout
+
+
+async def test_status_shows_each_daemons_lease_capacity_and_supervisors(
+    pool: asyncpg.Pool[Any], store: Store, dsn: str
+) -> None:
+    await DaemonRegistry(pool).register("worker-1", hostname="box", pid=7, version="0",
+                                        lease_s=30, capacity=50)  # fmt: skip
+    state = await store.save_supervisor_state_full(new_state())
+    await own(pool, "worker-1", state.id)
+    shown = run_cli("status", env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn})
+    assert shown.returncode == 0, shown.stderr
+    line = next(line for line in shown.stdout.splitlines() if "worker-1" in line)
+    assert "alive" in line
+    assert "lease until" in line
+    assert "capacity 50" in line
+    assert "owns 1 (1 unfinished)" in line
+
+
+async def test_a_daemon_told_not_to_release_keeps_its_supervisors_over_a_restart(
+    dsn: str, pool: asyncpg.Pool[Any], store: Store, tmp_path: Path
+) -> None:
+    state = await store.save_supervisor_state_full(new_state())
+    keep = {"SUPERVISOR_DAEMON_RELEASE_ON_STOP": "false", "SUPERVISOR_DAEMON_DAEMON_ID": "keeper"}
+    with daemon_process(dsn, tmp_path, **keep) as proc:
+        _read_until(proc, "daemon.ready")
+        proc.send_signal(signal.SIGTERM)
+        lines = _read_until(proc, "daemon.stopped")
+        assert proc.wait(timeout=30) == 0
+    assert not [line for line in lines if line["event"] == "daemon.released"]
+    row = await pool.fetchrow(
+        "SELECT d.stopped_at, d.lease_expires_at > now() AS live, s.owner_daemon_id"
+        " FROM daemons d JOIN supervisor_states s ON s.owner_daemon_id = d.id WHERE s.id = $1",
+        state.id,
+    )
+    assert row is not None
+    # Still its own, its lease running: another daemon waits for it to expire.
+    assert (row["stopped_at"], row["live"], row["owner_daemon_id"]) == (None, True, "keeper")
+    await DaemonRegistry(pool).register("other", hostname="h", pid=1, version="0", lease_s=30)
+    assert (await restore_all(pool, "other", include_own=False)).supervisors == 0
