@@ -40,8 +40,6 @@ from daemon.runtime.restore import RestorationSummary, restore_all
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import DaemonRegistry, EventStore, MetricsStore, Store, WorkStore
 
-__all__ = ["LeaseTiming", "crash_loop_guard", "ensure_demo_supervisors", "run_daemon"]
-
 E = TypeVar("E", bound=BaseException)
 
 
@@ -130,6 +128,8 @@ async def _claim_new(
             )
             if keeper.generation != generation or not keeper.held:
                 continue  # lost again meanwhile: the next round claims again
+            if regained:
+                systemd.status(f"lease regained: {summary.supervisors} supervisor(s) claimed")
             claimed_under = generation
             if summary.supervisors:
                 # Only the newcomers' tasks: the running supervisors' tasks are ours.
@@ -341,6 +341,11 @@ def _wire(keeper: LeaseKeeper, queue: PersistenceQueue, runner: TaskRunner, host
     queue.contract_of = host.contract_of
     queue.on_lost = lambda sid, epoch: host.drop(sid, epoch, reason="a write was refused")
     runner.on_lost = lambda sid, epoch: host.drop(sid, epoch, reason="a task write was fenced")
-    keeper.on_lost = lambda reason: host.drop_all(reason=reason)
+
+    def lost(reason: str) -> None:
+        host.drop_all(reason=reason)
+        systemd.status("lease lost: agents stopped, waiting to register again")
+
+    keeper.on_lost = lost
     if not keeper.held:  # lost while restoring at start: nothing of it may run
         host.drop_all(reason="the lease lapsed during the start")
