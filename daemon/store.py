@@ -355,8 +355,10 @@ class RestorationStore:
         with map_db_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(queries["reap_expired_daemons"])
+                dead = await conn.fetchval(queries["dead_daemons"], daemon_id)
+                await conn.execute(queries["claim_custom_plans"])
                 return await conn.fetch(
-                    queries["claim_supervisors"], daemon_id, capacity, include_own, token
+                    queries["claim_supervisors"], daemon_id, capacity, include_own, token, dead
                 )
 
     async def release_for_manual_restore(self, supervisor_id: uuid.UUID) -> asyncpg.Record | None:

@@ -161,7 +161,11 @@ async def test_stopping_a_supervisors_tasks_kills_their_whole_process_group(
         # and it is never started again under that epoch
         assert runner.start(task.id, task.spec, supervisor_id=state.id,
                             contract_id=state.contract_id, epoch=1)  # fmt: skip
-    assert not [pid for pid in started if _alive(pid)]
+
+    async def all_gone() -> bool:  # SIGKILL is sent; its delivery is the kernel's
+        return not [pid for pid in started if _alive(pid)]
+
+    await _wait_for(all_gone, "the task's whole process group is gone")
     assert outcomes == ["stopped"]
     row = await pool.fetchrow("SELECT status, runs FROM supervisor_tasks")
     assert row is not None

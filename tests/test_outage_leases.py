@@ -62,6 +62,11 @@ async def test_daemons_outlive_an_outage_longer_than_their_lease(
         server.start()
         pool = await _pool(server.dsn)
         try:
+
+            async def both_back() -> bool:
+                return all(d.events("daemon.lease_regained") for d in cluster.daemons.values())
+
+            await wait_for(both_back, 60, "both daemons registered again")
             await cluster.settle(pool, 60)
             assert not await cluster.violations(pool)
         finally:

@@ -290,4 +290,4 @@ class LeaseKeeper:
                 if failures == 1:
                     log.warning("database.waiting", what="the daemon's lease", error=str(exc))
             await anyio.sleep(wait * random.uniform(1.0, 1.5))  # noqa: S311 - jitter
-            wait = min(wait * 2, 10.0)
+            wait = min(wait * 2, 5.0)

@@ -64,12 +64,11 @@ def _serve_metrics(settings: Settings, daemon_metrics: metrics.DaemonMetrics, lo
     return server
 
 
-async def _wait_for_stop(log: Any) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-            systemd.stopping()
-            return
+async def _wait_for_stop(signals: Any, log: Any) -> None:
+    async for signum in signals:
+        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        systemd.stopping()
+        return
 
 
 Contracts = dict[uuid.UUID, uuid.UUID | None]
@@ -158,10 +157,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _force_on_second_sigint(queue: PersistenceQueue, log: Any) -> None:
+async def _force_on_second_sigint(signals: Any, queue: PersistenceQueue, log: Any) -> None:
     """During an orderly stop, a second SIGINT (Ctrl-C again) cuts the drain short."""
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        async for _ in signals:
+    async for signum in signals:
+        if signum == signal.SIGINT:
             log.warning("daemon.forced_stop", queued=queue.queued)
             queue.force_stop()
             return
@@ -284,55 +283,59 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
     contexts, contracts, generation = startup
     hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
     agents_scope = anyio.CancelScope()
-    async with anyio.create_task_group() as tg:
-        await tg.start(queue.run)
-        await tg.start(hub.run)
-        if settings.metrics_address is not None:
-            tg.start_soon(metrics.refresh_from_database, MetricsStore(db.pool), daemon_metrics,
-                          settings.metrics_refresh_s)  # fmt: skip
-        delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
-                            use_proxy=settings.webhook_use_proxy)  # fmt: skip
-        delivery.webhook_redeliveries(contexts, contracts)
+    # Listening for SIGTERM before saying ready: one sent as soon as the daemon is ready
+    # must ask for a stop, not kill the process (the signal's default action).
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            await tg.start(queue.run)
+            await tg.start(hub.run)
+            if settings.metrics_address is not None:
+                tg.start_soon(metrics.refresh_from_database, MetricsStore(db.pool),
+                              daemon_metrics, settings.metrics_refresh_s)  # fmt: skip
+            delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
+                                use_proxy=settings.webhook_use_proxy)  # fmt: skip
+            delivery.webhook_redeliveries(contexts, contracts)
 
-        async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
-            with agents_scope:
-                async with anyio.create_task_group() as atg:
-                    runner = TaskRunner(WorkStore(db.pool), atg, daemon_id=keeper.daemon_id,
-                                        timeout_s=settings.task_timeout_s,
-                                        finished=daemon_metrics.task_finished)  # fmt: skip
-                    host = Host(db.pool, keeper.daemon_id, queue=queue, hub=hub, runner=runner,
-                                delivery=delivery, tg=atg,
-                                heartbeat_s=settings.heartbeat_interval_s)  # fmt: skip
-                    hosts.append(host)
-                    _wire(keeper, queue, runner, host)
-                    started = 0
-                    # Claimed under a lease that lapsed meanwhile: the claim loop takes
-                    # them back under new epochs.
-                    if keeper.held and keeper.generation == generation:
-                        await runner.resume()
-                        started = await host.start(contexts, list(contexts))
-                    atg.start_soon(host.heartbeats)
-                    task_status.started(started)
-                    await _claim_new(db, settings, keeper, host, runner, claimed_under=generation,
-                                     daemon_metrics=daemon_metrics)  # fmt: skip
+            async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+                with agents_scope:
+                    async with anyio.create_task_group() as atg:
+                        runner = TaskRunner(WorkStore(db.pool), atg, daemon_id=keeper.daemon_id,
+                                            timeout_s=settings.task_timeout_s,
+                                            finished=daemon_metrics.task_finished)  # fmt: skip
+                        host = Host(db.pool, keeper.daemon_id, queue=queue, hub=hub,
+                                    runner=runner, delivery=delivery, tg=atg,
+                                    heartbeat_s=settings.heartbeat_interval_s)  # fmt: skip
+                        hosts.append(host)
+                        _wire(keeper, queue, runner, host)
+                        started = 0
+                        # Claimed under a lease that lapsed meanwhile: the claim loop takes
+                        # them back under new epochs.
+                        if keeper.held and keeper.generation == generation:
+                            await runner.resume()
+                            started = await host.start(contexts, list(contexts))
+                        atg.start_soon(host.heartbeats)
+                        task_status.started(started)
+                        await _claim_new(db, settings, keeper, host, runner,
+                                         claimed_under=generation,
+                                         daemon_metrics=daemon_metrics)  # fmt: skip
 
-        agents_started = await tg.start(run_agents)
-        contexts.clear()
-        contracts.clear()
-        tune_for_throughput()
-        tg.start_soon(collect_on_a_clock)
-        log.info("daemon.ready", supervisors=restored, agents=agents_started)
-        systemd.ready(f"ready: {restored} supervisor(s) restored,"
-                      f" {agents_started} agent(s) running")  # fmt: skip
-        if (interval := watchdog.interval_s()) is not None:
-            tg.start_soon(watchdog.ping_while_healthy, queue, interval, log)
-        await _wait_for_stop(log)
-        tg.start_soon(_force_on_second_sigint, queue, log)
-        # Stop intake (agents), write what is queued (shielded, within the deadline),
-        # and only then stop the other background jobs.
-        agents_scope.cancel()
-        await queue.drain()
-        tg.cancel_scope.cancel()
+            agents_started = await tg.start(run_agents)
+            contexts.clear()
+            contracts.clear()
+            tune_for_throughput()
+            tg.start_soon(collect_on_a_clock)
+            log.info("daemon.ready", supervisors=restored, agents=agents_started)
+            systemd.ready(f"ready: {restored} supervisor(s) restored,"
+                          f" {agents_started} agent(s) running")  # fmt: skip
+            if (interval := watchdog.interval_s()) is not None:
+                tg.start_soon(watchdog.ping_while_healthy, queue, interval, log)
+            await _wait_for_stop(signals, log)
+            tg.start_soon(_force_on_second_sigint, signals, queue, log)
+            # Stop intake (agents), write what is queued (shielded, within the deadline),
+            # and only then stop the other background jobs.
+            agents_scope.cancel()
+            await queue.drain()
+            tg.cancel_scope.cancel()
 
 
 def _wire(keeper: LeaseKeeper, queue: PersistenceQueue, runner: TaskRunner, host: Host) -> None:

@@ -71,6 +71,11 @@ WHERE id = $1
 UPDATE daemons SET stopped_at = now()
 WHERE stopped_at IS NULL AND lease_expires_at < now()
 
+-- dead_daemons --
+-- The daemons other than $1 that stopped or whose lease expired, whose supervisors may be claimed (read after reap_expired_daemons, in the claim's transaction)
+SELECT COALESCE(array_agg(id), '{}') FROM daemons
+WHERE id <> $1 AND (stopped_at IS NOT NULL OR lease_expires_at < now())
+
 -- list_daemons --
 -- Every registered daemon with whether its lease is still valid
 SELECT id, hostname, pid, version, started_at, heartbeat_at, lease_expires_at, stopped_at,

@@ -1,5 +1,12 @@
+-- claim_custom_plans --
+-- For the claim's transaction: plan the claim for the dead daemons it is given ($5), whose supervisors an index finds, rather than with a generic plan that expects any of them to own a share of the table
+SET LOCAL plan_cache_mode = force_custom_plan
+
 -- claim_supervisors --
--- Take ownership (epoch + 1) for daemon $1 (token $4), only while its own lease is live: when $3 (a start, or a lease regained) its own unfinished supervisors, up to its capacity $2; and unowned supervisors and orphans of daemons that stopped or whose lease expired, up to a fair share (the unfinished supervisors divided by the daemons alive, less what it owns) and its room under the capacity; returns each with its new epoch and previous owner
+-- Take ownership (epoch + 1) for daemon $1 (token $4), only while its own lease is live: when $3 (a start, or a lease regained) its own unfinished supervisors, up to its capacity $2; and unowned supervisors and orphans of the daemons $5 (stopped, or whose lease expired: dead_daemons), up to a fair share (the unfinished supervisors divided by the daemons alive, less what it owns) and its room under the capacity; returns each with its new epoch and previous owner
+-- The common round finds nothing to take, and costs two index lookups: the counts
+-- behind the fair share (a scan of every supervisor) are made only when there is a
+-- candidate.
 WITH me AS (
     SELECT id FROM daemons
     WHERE id = $1 AND token IS NOT DISTINCT FROM $4 AND stopped_at IS NULL
@@ -24,18 +31,30 @@ own AS (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ),
+-- Claimable: no owner, or a dead one; found through the owner column's index.
+claimable AS (
+    SELECT s.id FROM supervisor_states s
+    WHERE (s.owner_daemon_id IS NULL OR s.owner_daemon_id = ANY ($5::text[]))
+      AND s.state NOT IN ('completed', 'failed', 'blocked')
+),
 others AS (
     SELECT s.id, s.owner_daemon_id AS previous_owner
     FROM supervisor_states s
-    LEFT JOIN daemons d ON d.id = s.owner_daemon_id
-    WHERE s.state NOT IN ('completed', 'failed', 'blocked') AND EXISTS (SELECT 1 FROM me)
+    WHERE s.id IN (SELECT id FROM claimable) AND EXISTS (SELECT 1 FROM me)
+      -- Checked again on the row as locked, and on the owner as it is now: another
+      -- claim may have taken the row, its daemon may have registered again.
       AND (s.owner_daemon_id IS NULL
-           OR (s.owner_daemon_id <> $1
-               AND (d.stopped_at IS NOT NULL OR d.lease_expires_at < now())))
+           OR EXISTS (SELECT 1 FROM daemons d
+                      WHERE d.id = s.owner_daemon_id AND d.id <> $1
+                        AND (d.stopped_at IS NOT NULL OR d.lease_expires_at < now())))
+      AND s.state NOT IN ('completed', 'failed', 'blocked')
     ORDER BY s.id
-    LIMIT (SELECT greatest(0, least($2 - c.mine,
-                                    ceil(c.total::numeric / a.daemons)::bigint - c.mine))
-           FROM counts c, alive a)
+    LIMIT (SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM claimable) THEN 0
+        ELSE (SELECT greatest(0, least($2 - c.mine,
+                                      ceil(c.total::numeric / a.daemons)::bigint - c.mine))
+              FROM counts c, alive a)
+        END)
     FOR UPDATE OF s SKIP LOCKED
 ),
 candidates AS (
