@@ -15,7 +15,7 @@
 
 Usage (from the repository root):
     python -m bench.scaling [--sizes 1000,10000,100000] [--daemons 3] [--supervisors 2000]
-                            [--rate 0.2] [--seconds 20]
+                            [--rate 0.2] [--seconds 20] [--flush-delay-ms 0]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import asyncpg
 from bench._setup import fresh_database, history, machine, open_pool, run
 from bench.persistence import Workload
 from daemon import events
+from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.queue import PersistenceQueue
 from daemon.runtime.restore import restore_all
 from daemon.store import DaemonRegistry, EventStore, RestorationStore
@@ -97,28 +98,31 @@ async def claim_rounds(pool: asyncpg.Pool[Any], size: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _postgres_cpu(postmaster: int) -> float:
-    """CPU seconds of the server's processes (children of its postmaster), now."""
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user and system) the processes `pids` used so far."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in pids:
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + int(fields[12])
     return total / tick
 
 
 async def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One daemon's share: its supervisors, its queue, the offered load; JSON on stdout."""
-    pool = await open_pool(args.dsn, 4)
+    pool = await asyncpg.create_pool(
+        args.dsn, min_size=4, max_size=4, init=init_connection,
+        server_settings={**SERVER_SETTINGS, "application_name": f"bench {args.name}"},
+    )  # fmt: skip
+    name = f"bench {args.name}"
+    backends = [r[0] for r in await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", name)]  # fmt: skip
     ids = [r[0] for r in await pool.fetch(
         "SELECT id FROM supervisor_states WHERE owner_daemon_id = $1", args.name)]  # fmt: skip
-    queue = PersistenceQueue(EventStore(pool))
+    queue = PersistenceQueue(EventStore(pool), flush_delay_s=args.flush_delay_ms / 1000)
     latencies: list[float] = []
     deadline = 0.0
 
@@ -145,33 +149,33 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)  # the start signal
         cpu = time.process_time()
+        server = await anyio.to_thread.run_sync(_cpu_s, backends)
         deadline = time.monotonic() + args.seconds
         with anyio.move_on_after(args.seconds):
             async with anyio.create_task_group() as load:
                 for n, sid in enumerate(ids):
                     load.start_soon(supervisor, n, sid)
-        cpu = time.process_time() - cpu
         await queue.drain()
+        cpu = time.process_time() - cpu
+        server = await anyio.to_thread.run_sync(_cpu_s, backends) - server
     await pool.close()
     ordered = sorted(latencies)
     return {
         "supervisors": len(ids), "events": len(latencies), "cpu_s": round(cpu, 2),
+        "server_cpu_s": round(server, 2), "batches": queue.counters.batches,
         "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2) if ordered else None,
         "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 2) if ordered else None,
     }  # fmt: skip
 
 
-def _postmaster(backend: int) -> int:
-    return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _run_workers(
-    dsn: str, args: argparse.Namespace, postmaster: int
+    dsn: str, args: argparse.Namespace, shared: list[int]
 ) -> tuple[list[dict[str, Any]], float, float]:
     """Start the daemon-like workers, let them run together; their results, the time
-    it took and the server's CPU seconds meanwhile."""
+    it took and the CPU seconds of the server's shared writers (`shared`) meanwhile."""
     command = [sys.executable, "-m", "bench.scaling", "--worker", "--dsn", dsn,
-               "--rate", str(args.rate), "--seconds", str(args.seconds)]  # fmt: skip
+               "--rate", str(args.rate), "--seconds", str(args.seconds),
+               "--flush-delay-ms", str(args.flush_delay_ms)]  # fmt: skip
     workers = [
         subprocess.Popen(  # noqa: S603 - this very script, as a worker
             [*command, "--name", f"d{n}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -181,7 +185,7 @@ def _run_workers(
     for proc in workers:
         if proc.stdout is None or proc.stdout.readline().strip() != "ready":
             raise RuntimeError("a worker did not start")
-    server_before = _postgres_cpu(postmaster)
+    server_before = _cpu_s(shared)
     started = time.monotonic()
     for proc in workers:
         if proc.stdin is not None:
@@ -191,7 +195,7 @@ def _run_workers(
         json.loads(proc.communicate(timeout=args.seconds + 120)[0].splitlines()[-1])
         for proc in workers
     ]
-    return results, time.monotonic() - started, _postgres_cpu(postmaster) - server_before
+    return results, time.monotonic() - started, _cpu_s(shared) - server_before
 
 
 async def write_budget(
@@ -204,20 +208,30 @@ async def write_budget(
                                             lease_s=3600)  # fmt: skip
     fill = FILL.replace("n % 3 + 1", f"n % {args.daemons} + 1")
     await pool.execute(fill, total, json.dumps(history(20)))
-    backend = await pool.fetchval("SELECT pg_backend_pid()")
-    postmaster = await anyio.to_thread.run_sync(_postmaster, backend)
-    results, elapsed, server_s = await anyio.to_thread.run_sync(_run_workers, dsn, args, postmaster)
+    await pool.execute("VACUUM ANALYZE supervisor_states")  # not during the measurement
+    # What every commit also costs: the WAL writer, the checkpointer, the background
+    # writer (autovacuum is left out: it follows the table's history, not this run).
+    shared = [r[0] for r in await pool.fetch(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE backend_type IN ('walwriter', 'checkpointer', 'background writer')")]  # fmt: skip
+    results, elapsed, shared_s = await anyio.to_thread.run_sync(_run_workers, dsn, args, shared)
+    server_s = shared_s + sum(r["server_cpu_s"] for r in results)
     acked = sum(r["events"] for r in results)
     daemon_cpu = sum(r["cpu_s"] for r in results)
     server_us = server_s / acked * 1e6 if acked else None
     per_supervisor_s = args.rate + 1 / HEARTBEAT_S  # save points and heartbeats
     return {
         "daemons": args.daemons, "supervisors_per_daemon": args.supervisors,
-        "rate_per_supervisor": args.rate, "seconds": round(elapsed, 1),
+        "rate_per_supervisor": args.rate, "flush_delay_ms": args.flush_delay_ms,
+        "seconds": round(elapsed, 1),
         "events_per_s": round(acked / args.seconds), "workers": results,
         "server_cpu_cores": round(server_s / args.seconds, 3),
         "server_cpu_us_per_event": None if server_us is None else round(server_us, 1),
         "daemon_cpu_cores": round(daemon_cpu / args.seconds, 3),
+        "batches_per_s": round(sum(r["batches"] for r in results) / args.seconds),
+        "server_cpu_us_per_batch": round(server_s / sum(r["batches"] for r in results) * 1e6)
+        if any(r["batches"] for r in results)
+        else None,
         "daemon_cpu_us_per_event": round(daemon_cpu / acked * 1e6, 1) if acked else None,
         # One core of each at 100 %: how many supervisors of this rate it carries.
         "supervisors_per_server_core": round(total / (server_s / args.seconds))
@@ -250,6 +264,8 @@ if __name__ == "__main__":
     parser.add_argument("--supervisors", type=int, default=2000, help="per daemon")
     parser.add_argument("--rate", type=float, default=0.2, help="save points/s per supervisor")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--flush-delay-ms", type=float, default=0.0,
+                        help="the queue's SUPERVISOR_DAEMON_QUEUE_FLUSH_DELAY_MS")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
