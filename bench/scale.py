@@ -62,9 +62,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await tg.start(hub.run)
                 gc.collect()
                 before = rss_kib()
-                host = Host(pool, "bench", queue=queue, hub=hub,
-                            runner=TaskRunner(WorkStore(pool), tg), delivery=Delivery(pool, tg),
-                            tg=tg, heartbeat_s=args.heartbeat_s)  # fmt: skip
+                runner = TaskRunner(WorkStore(pool), tg, daemon_id="bench")
+                host = Host(pool, "bench", queue=queue, hub=hub, runner=runner,
+                            delivery=Delivery(pool, tg), tg=tg,
+                            heartbeat_s=args.heartbeat_s)  # fmt: skip
                 started = await host.start({})
                 await anyio.sleep(0.5)  # every agent has run up to its wait
                 gc.collect()

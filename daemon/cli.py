@@ -1,11 +1,10 @@
 """The `supervisor-daemon` command: parse, call, print. No SQL here.
 
 Exit codes: 0 success, 1 an operation failed (unknown id, conflict), 2 bad usage,
-69 the database cannot be reached now (EX_UNAVAILABLE; `run` first waits for it), or
-   the running daemon could not renew its lease and stopped before it expired,
+69 the database cannot be reached now (EX_UNAVAILABLE; `run` first waits for it),
 70 a background job of the running daemon crashed (EX_SOFTWARE),
-78 configuration unusable: a malformed URL, a refused password, no such database
-(EX_CONFIG; systemd does not restart on it).
+78 configuration unusable: a malformed URL, a refused password, no such database, a
+daemon id another running process holds (EX_CONFIG; systemd does not restart on it).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -38,7 +37,6 @@ from daemon.errors import (
     DaemonCrashedError,
     DaemonError,
     DatabaseUnavailableError,
-    LeaseLostError,
     MigrationError,
 )
 from daemon.models import PHASES, SupervisorStateKind, TaskStatus
@@ -507,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = anyio.run(func, settings, args, backend_options=loop_options())
     except (ConfigError, MigrationError) as exc:
         return _fail(str(exc), EX_CONFIG)
-    except (DatabaseUnavailableError, LeaseLostError) as exc:
+    except DatabaseUnavailableError as exc:
         return _fail(str(exc), EX_UNAVAILABLE)
     except DaemonCrashedError as exc:
         return _fail(str(exc), EX_SOFTWARE)

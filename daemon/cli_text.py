@@ -133,7 +133,9 @@ def status(daemons: Sequence[dict[str, Any]], counts: dict[str, int]) -> str:
     lines = [f"daemons: {len(daemons)}"]
     lines += [
         f"  {d['id']}  {'alive' if d['alive'] else 'down'}  pid {d['pid']}  "
-        f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}"
+        f"host {d['hostname']}  lease until {d['lease_expires_at']:%Y-%m-%d %H:%M:%S}  "
+        f"capacity {d['capacity'] if d.get('capacity') is not None else '-'}  "
+        f"owns {d.get('supervisors', 0)} ({d.get('unfinished', 0)} unfinished)"
         for d in daemons
     ]
     lines.append(f"supervisors: {sum(counts.values())}")

@@ -71,6 +71,10 @@ class Settings:
     # How long a daemon's lease lasts: others may take its supervisors over this long
     # after it was last renewed (renewals come every third of it).
     lease_s: float = 30.0
+    # On SIGTERM, hand the supervisors over (a new epoch, the lease ended) so that other
+    # daemons claim them at their next round; off, they wait for this daemon's restart
+    # (or for its lease to expire).
+    release_on_stop: bool = True
     poll_interval_s: float = 1.0
     task_timeout_s: float = 600.0
     webhook_url: str | None = None
@@ -238,6 +242,7 @@ _CONVERTERS: dict[str, Any] = {
     "heartbeat_interval_s": _positive_float,
     "claim_interval_s": _positive_float,
     "lease_s": _positive_float,
+    "release_on_stop": _boolean,
     "poll_interval_s": _positive_float,
     "task_timeout_s": _positive_float,
     "webhook_url": _webhook_url,

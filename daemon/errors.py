@@ -72,9 +72,9 @@ class AmbiguousIdError(DaemonError):
         self.candidates = candidates
 
 
-class LeaseLostError(DaemonError):
-    """This daemon can no longer count on its lease: other daemons may take its
-    supervisors over, so it stops driving them (it exits, and systemd restarts it)."""
+class DaemonIdInUseError(ConfigError):
+    """Another running process holds this daemon id: two processes must never share
+    one (they would share a lease and its supervisors). A configuration error: exit 78."""
 
 
 class DaemonCrashedError(DaemonError):

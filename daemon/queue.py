@@ -66,6 +66,11 @@ class EventRejectedError(DaemonError):
     """The database refused this event (a constraint, an unknown supervisor)."""
 
 
+class SupervisorLostError(EventRejectedError):
+    """The supervisor is not this writer's any more: another daemon owns it under a newer
+    epoch, or it is gone. Its owner here stops driving it (see `on_lost`)."""
+
+
 @dataclasses.dataclass(slots=True)
 class QueueCounters:
     """Counters readable in-process (later exported as metrics)."""
@@ -199,6 +204,9 @@ class PersistenceQueue:
         # `contract_of` names a supervisor's contract in the log line of a rejected event.
         self.on_flush: Callable[[float, int], None] | None = None
         self.contract_of: Callable[[uuid.UUID], uuid.UUID | None] = lambda _: None
+        # Told of each supervisor a write was refused for (fenced by a newer epoch, or
+        # gone), with the epoch the refused events named: the host stops that supervisor.
+        self.on_lost: Callable[[uuid.UUID, int | None], object] = lambda _sid, _epoch: None
 
     @classmethod
     def from_settings(cls, store: EventStore, settings: Settings) -> PersistenceQueue:
@@ -263,6 +271,51 @@ class PersistenceQueue:
         self.counters.coalesced += 1
         if lane.parked:
             lane.wake()
+
+    def withdraw(self, lost: Collection[tuple[uuid.UUID, int | None]]) -> int:
+        """Take the queued, unwritten events of supervisors this daemon stopped driving
+        (supervisor id, epoch) out of the queue, failing their submitters with
+        SupervisorLostError; how many critical events. None was acknowledged, and written
+        later they would share a batch (one row, one epoch) with the events of a newer
+        epoch of the same supervisor, after a claim here."""
+        if not lost:
+            return 0
+        wanted = set(lost)
+        error = SupervisorLostError("this daemon no longer owns the supervisor")
+        withdrawn = 0
+        for lane in self._lanes:
+            if not any((e.supervisor_id, e.epoch) in wanted for e in lane.events):
+                for sid, (_position, event) in list(lane.coalesced.items()):
+                    if (sid, event.epoch) in wanted:
+                        del lane.coalesced[sid]
+                continue
+            kept_events: list[Event] = []
+            kept_futures: list[asyncio.Future[None]] = []
+            # A coalesced entry's position counts the events queued before it: it moves
+            # down by the number withdrawn before it.
+            removed_before: list[int] = []
+            removed = 0
+            for event, future in zip(lane.events, lane.futures, strict=True):
+                removed_before.append(removed)
+                if (event.supervisor_id, event.epoch) in wanted:
+                    _set_exception(future, error)
+                    removed += 1
+                else:
+                    kept_events.append(event)
+                    kept_futures.append(future)
+            removed_before.append(removed)
+            withdrawn += removed
+            lane.events, lane.futures = kept_events, kept_futures
+            lane.coalesced = {
+                sid: (position - removed_before[position], event)
+                for sid, (position, event) in lane.coalesced.items()
+                if (sid, event.epoch) not in wanted
+            }
+        self._queued -= withdrawn
+        self.counters.rejected += withdrawn
+        if not self._space.is_set() and self._queued < self._max_events:
+            self._space.set()
+        return withdrawn
 
     # -- the flushers -------------------------------------------------------------------
 
@@ -352,8 +405,10 @@ class PersistenceQueue:
             self.counters.written += len(futures)
             return
         written = 0
+        lost: dict[uuid.UUID, int | None] = {}
         for event, future in zip(events, futures, strict=True):
             if event.supervisor_id in missing:
+                lost.setdefault(event.supervisor_id, event.epoch)
                 self._reject(
                     event,
                     future,
@@ -361,11 +416,14 @@ class PersistenceQueue:
                         f"supervisor {event.supervisor_id} does not exist or is owned by another"
                         " daemon (epoch mismatch)"
                     ),
+                    lost=True,
                 )
             else:
                 written += 1
                 _set_result(future)
         self.counters.written += written
+        for supervisor_id, epoch in lost.items():
+            self.on_lost(supervisor_id, epoch)
 
     @staticmethod
     def _acknowledge(futures: Sequence[asyncio.Future[None]]) -> None:
@@ -378,7 +436,9 @@ class PersistenceQueue:
             for future in futures:
                 _set_result(future)
 
-    def _reject(self, event: Event, future: asyncio.Future[None], exc: Exception) -> None:
+    def _reject(
+        self, event: Event, future: asyncio.Future[None], exc: Exception, *, lost: bool = False
+    ) -> None:
         self.counters.rejected += 1
         log.warning(
             "queue.event_rejected",
@@ -388,7 +448,8 @@ class PersistenceQueue:
             kind=event.kind.value,
             error=str(exc),
         )
-        _set_exception(future, EventRejectedError(f"{event.kind.value} rejected: {exc}"))
+        kind = SupervisorLostError if lost else EventRejectedError
+        _set_exception(future, kind(f"{event.kind.value} rejected: {exc}"))
 
     async def _apply_with_retries(
         self, events: Sequence[Event], coalesced: Sequence[tuple[int, Event]]
@@ -406,8 +467,13 @@ class PersistenceQueue:
         if not untouched:
             return set()
         asked = {sid: batch.last_event[sid] for sid in untouched if sid in batch.last_event}
+        # A row of heartbeat/progress only has no retry check: left untouched, it was
+        # refused (fenced, gone). Nobody waits for those, but the owner must hear of it.
+        for _position, event in coalesced:
+            if event.supervisor_id in untouched and event.supervisor_id not in asked:
+                self.on_lost(event.supervisor_id, event.epoch)
         if not asked:
-            return set()  # heartbeat/progress only: nobody waits for those
+            return set()
         return await self._retrying(lambda: self._store.supervisors_not_at_event(asked))
 
     async def _retrying(

@@ -31,6 +31,12 @@ from daemon.models import (
     TaskStatus,
     UpdateSupervisorStateRequest,
 )
+from daemon.store_daemons import DaemonRegistry
+
+# DaemonRegistry lives in daemon/store_daemons.py and is named here too, as before.
+__all__ = ["QUESTIONS_CHANNEL", "DaemonRegistry", "EventStore", "MetricsStore",
+           "RestorationStore", "SpawnedTasksCheck", "Store", "TaskChange", "WorkStore",
+           "notify_question", "question_feed"]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,41 +292,13 @@ class Store:
         return [HistoryMessage.from_row(row) for row in rows]
 
 
-class DaemonRegistry:
-    """Named operations on the daemons table (registration and leases)."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskChange:
+    """What a fenced task write found: whether the supervisor is still owned under the
+    epoch the writer holds (`owned`), and whether the task changed (`changed`)."""
 
-    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
-        self._pool = pool
-
-    async def register(
-        self,
-        daemon_id: str,
-        *,
-        hostname: str,
-        pid: int,
-        version: str,
-        lease_s: float,
-        capacity: int | None = None,
-    ) -> None:
-        with map_db_errors():
-            await self._pool.execute(
-                queries["register_daemon"], daemon_id, hostname, pid, version, lease_s, capacity
-            )
-
-    async def renew_lease(self, daemon_id: str, lease_s: float) -> bool:
-        """False when the daemon's row is gone or marked stopped."""
-        with map_db_errors():
-            row = await self._pool.fetchrow(queries["renew_daemon_lease"], daemon_id, lease_s)
-        return row is not None
-
-    async def mark_stopped(self, daemon_id: str) -> None:
-        with map_db_errors():
-            await self._pool.execute(queries["mark_daemon_stopped"], daemon_id)
-
-    async def list(self) -> list[dict[str, Any]]:
-        with map_db_errors():
-            rows = await self._pool.fetch(queries["list_daemons"])
-        return [dict(row) for row in rows]
+    owned: bool
+    changed: bool
 
 
 class MetricsStore:
@@ -424,12 +402,29 @@ class RestorationStore:
         self._pool = pool
 
     async def claim(
-        self, daemon_id: str, capacity: int, *, include_own: bool = True
+        self,
+        daemon_id: str,
+        capacity: int,
+        *,
+        include_own: bool = True,
+        token: uuid.UUID | None = None,
     ) -> list[asyncpg.Record]:
+        """Mark daemons whose lease expired stopped, then claim: one transaction, so a
+        renewal racing the expiry waits and then finds its daemon stopped."""
         with map_db_errors():
-            return await self._pool.fetch(
-                queries["claim_supervisors"], daemon_id, capacity, include_own
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(queries["reap_expired_daemons"])
+                dead = await conn.fetchval(queries["dead_daemons"], daemon_id)
+                await conn.execute(queries["claim_custom_plans"])
+                return await conn.fetch(
+                    queries["claim_supervisors"], daemon_id, capacity, include_own, token, dead
+                )
+
+    async def release_for_manual_restore(self, supervisor_id: uuid.UUID) -> asyncpg.Record | None:
+        """Take a supervisor from its owner (new epoch, no owner): None when it does
+        not exist."""
+        with map_db_errors():
+            return await self._pool.fetchrow(queries["release_for_manual_restore"], supervisor_id)
 
     async def load(
         self, ids: list[uuid.UUID], history_tail: int
@@ -520,6 +515,58 @@ class WorkStore:
                 queries["set_task_status"], task_id, status.value, result
             )
         return row is not None
+
+    async def _task_change(self, name: str, *args: Any) -> TaskChange:
+        with map_db_errors():
+            row = await self._pool.fetchrow(queries[name], *args)
+        if row is None:  # a SELECT of aggregates always returns its row
+            return TaskChange(owned=False, changed=False)
+        return TaskChange(owned=bool(row[0]), changed=bool(row[1]))
+
+    async def start_task(
+        self,
+        task_id: uuid.UUID,
+        *,
+        supervisor_id: uuid.UUID,
+        daemon_id: str,
+        epoch: int,
+        rerun: bool = False,
+    ) -> TaskChange:
+        """pending -> running under `epoch` (see start_task in tasks.sql)."""
+        return await self._task_change(
+            "start_task", task_id, supervisor_id, daemon_id, epoch, rerun
+        )
+
+    async def finish_task(
+        self,
+        task_id: uuid.UUID,
+        status: TaskStatus,
+        result: Any,
+        *,
+        supervisor_id: uuid.UUID,
+        daemon_id: str,
+        epoch: int,
+        never_started: bool = False,
+    ) -> TaskChange:
+        """A task's outcome, written only under the epoch it runs under."""
+        return await self._task_change(
+            "finish_task", task_id, supervisor_id, daemon_id, epoch, status.value, result,
+            never_started,
+        )  # fmt: skip
+
+    async def interrupt_task(
+        self,
+        task_id: uuid.UUID,
+        result: Any,
+        *,
+        supervisor_id: uuid.UUID,
+        daemon_id: str,
+        epoch: int,
+    ) -> TaskChange:
+        """Fail a task an earlier owner left running (its process went with it)."""
+        return await self._task_change(
+            "interrupt_task", task_id, supervisor_id, daemon_id, epoch, result
+        )
 
     async def task_statuses(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         with map_db_errors():

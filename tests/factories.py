@@ -40,3 +40,21 @@ def new_question(**overrides: Any) -> PendingQuestion:
     }
     values.update(overrides)
     return PendingQuestion(**values)
+
+
+async def own(pool: Any, daemon_id: str, *supervisor_ids: uuid.UUID, epoch: int = 1) -> None:
+    """Register `daemon_id` with a live lease (when it is not) and make it the owner of
+    `supervisor_ids` under `epoch`: what a claim leaves behind, for tests of the runner
+    and the host, whose side effects are fenced by ownership."""
+    await pool.execute(
+        "INSERT INTO daemons (id, hostname, pid, version, lease_expires_at)"
+        " VALUES ($1, 'h', 1, '0', now() + interval '1 minute') ON CONFLICT (id) DO NOTHING",
+        daemon_id,
+    )
+    await pool.execute(
+        "UPDATE supervisor_states SET owner_daemon_id = $1, owner_epoch = $2"
+        " WHERE id = ANY ($3::uuid[])",
+        daemon_id,
+        epoch,
+        list(supervisor_ids),
+    )

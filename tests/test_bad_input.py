@@ -29,7 +29,7 @@ from daemon.runtime.hub import Hub
 from daemon.runtime.supervisor import Supervisor
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import EventStore, RestorationStore, Store, WorkStore
-from tests.factories import new_question, new_state
+from tests.factories import new_question, new_state, own
 from tests.test_cli import run_cli
 from tests.test_queue import running
 from tests.test_restoration import _outcomes
@@ -46,12 +46,13 @@ async def supervisor_on(
 ) -> AsyncIterator[Supervisor]:
     """An in-process supervisor wired to the real queue, hub, runner and delivery."""
     state = await Store(pool).save_supervisor_state_full(new_state())
+    await own(pool, "d1", state.id, epoch=state.owner_epoch)
     hub = Hub(pool, dsn, poll_s=0.1)
     async with running(PersistenceQueue(EventStore(pool))) as queue, \
             anyio.create_task_group() as tg:  # fmt: skip
         delivery = Delivery(delivery_pool or pool, tg)
         yield Supervisor(
-            state, queue=queue, hub=hub, runner=TaskRunner(WorkStore(pool), tg),
+            state, queue=queue, hub=hub, runner=TaskRunner(WorkStore(pool), tg, daemon_id="d1"),
             deliver=delivery.deliver,
         )  # fmt: skip
         tg.cancel_scope.cancel()
@@ -163,7 +164,7 @@ async def test_a_spec_the_runner_cannot_run_fails_its_task_not_the_daemon(
     )
     with anyio.fail_after(DEADLINE_S):
         async with anyio.create_task_group() as tg:
-            await TaskRunner(WorkStore(pool), tg).resume("d1")
+            await TaskRunner(WorkStore(pool), tg, daemon_id="d1").resume()
     rows: dict[str, asyncpg.Record] = {}
     for name, task in tasks.items():
         row = await pool.fetchrow(

@@ -96,7 +96,7 @@ async def _host_run(
             "d1",
             queue=queue,
             hub=hub,
-            runner=TaskRunner(WorkStore(pool), tg),
+            runner=TaskRunner(WorkStore(pool), tg, daemon_id="d1"),
             delivery=Delivery(pool, tg),
             tg=tg,
         )

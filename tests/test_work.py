@@ -21,7 +21,7 @@ from daemon.runtime.host import Host
 from daemon.runtime.hub import Hub
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import EventStore, Store, WorkStore
-from tests.factories import new_question, new_state
+from tests.factories import new_question, new_state, own
 from tests.test_cli import run_cli
 from tests.test_queue import running
 
@@ -95,10 +95,11 @@ async def test_command_tasks_run_with_their_outcome(
     ok = await store.create_task(state.id, spec={"command": "echo hello; echo world"})
     bad = await store.create_task(state.id, spec={"command": "echo oops >&2; exit 3"})
     slow = await store.create_task(state.id, spec={"command": "sleep 30", "timeoutS": 0.3})
-    ids = {"supervisor_id": state.id, "contract_id": state.contract_id}
+    await own(pool, "d1", state.id, epoch=1)
+    ids: dict[str, Any] = {"supervisor_id": state.id, "contract_id": state.contract_id, "epoch": 1}
     outcomes: list[str] = []  # what the metrics count
     async with anyio.create_task_group() as tg:
-        runner = TaskRunner(WorkStore(pool), tg, finished=outcomes.append)
+        runner = TaskRunner(WorkStore(pool), tg, daemon_id="d1", finished=outcomes.append)
         for task in (ok, bad, slow):
             assert runner.start(task.id, task.spec, **ids)
         assert not runner.start(uuid.uuid4(), {"kind": "external"}, **ids)
@@ -121,21 +122,18 @@ async def test_resume_fails_interrupted_tasks_and_starts_pending(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
-    await pool.execute(
-        "INSERT INTO daemons (id, hostname, pid, version, lease_expires_at)"
-        " VALUES ('d1', 'h', 1, '0', now() + interval '1 minute')"
-    )
-    await pool.execute(
-        "UPDATE supervisor_states SET owner_daemon_id = 'd1' WHERE id = $1", state.id
-    )
+    await own(pool, "d1", state.id, epoch=2)
     interrupted = await store.create_task(state.id, spec={"command": "echo again"})
     retryable = await store.create_task(state.id, spec={"command": "true", "idempotent": True})
     pending = await store.create_task(state.id, spec={"command": "true"})
-    for task in (interrupted, retryable):
-        await pool.execute("UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", task.id)
+    for task in (interrupted, retryable):  # started under the previous owner's epoch
+        await pool.execute(
+            "UPDATE supervisor_tasks SET status = 'running', run_epoch = 1, runs = 1 WHERE id = $1",
+            task.id,
+        )
     outcomes: list[str] = []
     async with anyio.create_task_group() as tg:
-        await TaskRunner(WorkStore(pool), tg, finished=outcomes.append).resume("d1")
+        await TaskRunner(WorkStore(pool), tg, daemon_id="d1", finished=outcomes.append).resume()
     assert sorted(outcomes) == ["interrupted", "succeeded", "succeeded"]
     rows = {t.id: await _task_row(pool, t.id) for t in (interrupted, retryable, pending)}
     assert rows[interrupted.id]["status"] == "failed"
@@ -240,7 +238,7 @@ async def test_agents_drive_supervisors_durably(
             anyio.create_task_group() as tg:  # fmt: skip
         await tg.start(hub.run)
         delivery = Delivery(pool, tg, webhook_url=url)
-        runner = TaskRunner(WorkStore(pool), tg)
+        runner = TaskRunner(WorkStore(pool), tg, daemon_id="d1")
         host = Host(pool, "d1", queue=queue, hub=hub, runner=runner, delivery=delivery, tg=tg)
         assert await host.start({}) == 3
         with anyio.fail_after(20):

@@ -30,12 +30,14 @@ from daemon import limits
 from daemon.errors import DaemonError, InvalidInputError
 from daemon.logs import get_logger
 from daemon.models import PHASES, TERMINAL_STATES
-from daemon.queue import QueueClosedError
+from daemon.queue import QueueClosedError, SupervisorLostError
 from daemon.restoration import CrashLoopGuard
 from daemon.runtime.environment import child_environment
+from daemon.runtime.processes import stop_group
 
 log = get_logger()
 MAX_LINE = 1 << 20  # bytes; a longer line is refused with an error reply
+STOP_GRACE_S = 5.0  # SIGTERM to the agent's process group, then SIGKILL
 PROTOCOL_VERSION = 1
 
 
@@ -110,7 +112,9 @@ class Session:
         except InvalidInputError as exc:  # refused by the protocol or by daemon.limits
             return {"type": "error", "id": request_id, "error": str(exc)}
         except (ValueError, TypeError, DaemonError) as exc:
-            if isinstance(exc, QueueClosedError):
+            # The daemon stopping, or the supervisor no longer this daemon's: the agent is
+            # stopped, not answered.
+            if isinstance(exc, QueueClosedError | SupervisorLostError):
                 raise
             return {"type": "error", "id": request_id, "error": f"{type(exc).__name__}: {exc}"}
         return {"type": "result", "id": request_id, "ok": True, "value": value}
@@ -245,9 +249,10 @@ class CommandAgent:
         env = child_environment({"SUPERVISOR_ID": str(sup.id),
                                  "CONTRACT_ID": str(sup.state.contract_id)})  # fmt: skip
         try:
+            # A session of its own: stopping the agent stops what it started too.
             process = await anyio.open_process(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env,
+                stderr=subprocess.PIPE, env=env, start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
             # Not a crash to retry: the command itself is wrong (missing, not executable).
@@ -286,12 +291,7 @@ class CommandAgent:
         finally:
             with anyio.CancelScope(shield=True):
                 if process.returncode is None:
-                    process.terminate()
-                    with anyio.move_on_after(5):
-                        await process.wait()
-                    if process.returncode is None:
-                        process.kill()
-                        await process.wait()
+                    await stop_group(process, grace_s=STOP_GRACE_S)
                 await process.aclose()
         slog.info("agent.process_exited", exit_code=process.returncode)
         return process.returncode

@@ -1,20 +1,20 @@
 """`supervisor-daemon run`: open the database, migrate, register, serve until a signal.
 
 A signal asks; it does not kill: SIGTERM or SIGINT starts an orderly stop, a second
-SIGINT forces it. Background jobs run in one anyio task group, so a crash in any of
-them stops the daemon loudly instead of dying silently.
+SIGINT forces it, and the stop hands the supervisors over to other daemons unless told
+not to (RELEASE_ON_STOP). Background jobs run in one anyio task group, so a crash in
+any of them stops the daemon loudly instead of dying silently. A lease that lapses
+(daemon/runtime/lease.py) stops every agent and task, and once the lease is regained
+the next claim round takes the daemon's supervisors back under new epochs: the process
+itself never exits for it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import signal
 import socket
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from daemon import __version__, systemd
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import embedded, migrations
 from daemon.db.database import Database, open_database
-from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, LeaseLostError
+from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, DaemonIdInUseError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.queue import PersistenceQueue
@@ -35,6 +35,7 @@ from daemon.runtime.delivery import Delivery
 from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.runtime.host import Host
 from daemon.runtime.hub import Hub
+from daemon.runtime.lease import LeaseKeeper, LeaseTiming, Registration
 from daemon.runtime.restore import RestorationSummary, restore_all
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import DaemonRegistry, EventStore, MetricsStore, Store, WorkStore
@@ -47,77 +48,6 @@ def crash_loop_guard(settings: Settings) -> CrashLoopGuard:
         max_restorations=settings.crash_loop_max_restorations,
         window=timedelta(seconds=settings.crash_loop_window_s),
     )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LeaseTiming:
-    """How a lease of `lease_s` seconds is kept: renewed every third of it; once a
-    renewal failed, retried every second (or faster for short leases) until a sixth of
-    the lease before it expires, when the daemon stops on its own. Other daemons may
-    claim its supervisors only after expiry, so none is ever driven by two. The margin
-    is counted on the daemon's own clock from when it sent the last renewal that
-    succeeded, before the server could stamp it."""
-
-    lease_s: float
-
-    @property
-    def renew_every_s(self) -> float:
-        return self.lease_s / 3
-
-    @property
-    def margin_s(self) -> float:
-        return self.lease_s / 6
-
-    @property
-    def retry_every_s(self) -> float:
-        return min(1.0, self.lease_s / 30)
-
-
-async def _renew_lease(
-    registry: DaemonRegistry,
-    daemon_id: str,
-    log: Any,
-    renewed_at: float,
-    timing: LeaseTiming,
-    *,
-    failed: Callable[[], object] = lambda: None,
-) -> None:
-    """Keep the lease; raise LeaseLostError when it cannot be counted on any more (not
-    renewed in time, or the daemon marked stopped). `renewed_at`: when (monotonic) the
-    request that last set the lease was sent; `failed` is told of each renewal that
-    failed or hung (metrics)."""
-    wait = timing.renew_every_s
-    while True:
-        await anyio.sleep(wait)
-        deadline = renewed_at + timing.lease_s - timing.margin_s
-        sent = time.monotonic()
-        renewed = None
-        # A renewal that hangs (a connection the network dropped) must not outlive
-        # the lease: give up on it at the deadline.
-        with anyio.move_on_after(max(0.0, deadline - sent)):
-            try:
-                renewed = await registry.renew_lease(daemon_id, timing.lease_s)
-            except DaemonError as exc:
-                log.warning("daemon.lease_renewal_failed", error=str(exc),
-                            seconds_left=round(deadline - time.monotonic(), 1))  # fmt: skip
-        if renewed is None:
-            failed()
-        if renewed:
-            renewed_at, wait = sent, timing.renew_every_s
-        elif renewed is False:
-            raise LeaseLostError(
-                f"daemon {daemon_id} is marked stopped in the database: another daemon may"
-                " take its supervisors over"
-            )
-        elif time.monotonic() >= deadline:
-            raise LeaseLostError(
-                f"the lease of daemon {daemon_id} could not be renewed for"
-                f" {time.monotonic() - renewed_at:.0f} s: it expires in"
-                f" {timing.margin_s:.0f} s, after which another daemon may take its"
-                " supervisors over"
-            )
-        else:
-            wait = min(timing.retry_every_s, max(0.0, deadline - time.monotonic()))
 
 
 def _serve_metrics(settings: Settings, daemon_metrics: metrics.DaemonMetrics, log: Any) -> Any:
@@ -134,12 +64,11 @@ def _serve_metrics(settings: Settings, daemon_metrics: metrics.DaemonMetrics, lo
     return server
 
 
-async def _wait_for_stop(log: Any) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-            systemd.stopping()
-            return
+async def _wait_for_stop(signals: Any, log: Any) -> None:
+    async for signum in signals:
+        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        systemd.stopping()
+        return
 
 
 Contracts = dict[uuid.UUID, uuid.UUID | None]
@@ -148,10 +77,9 @@ Contracts = dict[uuid.UUID, uuid.UUID | None]
 async def _restore(
     db: Database,
     settings: Settings,
-    daemon_id: str,
+    keeper: LeaseKeeper,
     daemon_metrics: metrics.DaemonMetrics,
     *,
-    capacity: int,
     include_own: bool = True,
 ) -> tuple[RestorationSummary, dict[uuid.UUID, SupervisorRestorationContext], Contracts]:
     """Claim and restore supervisors under the daemon's crash-loop guard; also return
@@ -170,8 +98,8 @@ async def _restore(
     # pages them with read_history); decoded here for thousands of supervisors at once,
     # they only left the heap fragmented (51 against 7 KiB per idle supervisor hosted).
     summary = await restore_all(
-        db.pool, daemon_id, guard=crash_loop_guard(settings), capacity=capacity,
-        include_own=include_own, on_outcome=keep, history_tail=0,
+        db.pool, keeper.daemon_id, guard=crash_loop_guard(settings), capacity=settings.capacity,
+        include_own=include_own, on_outcome=keep, token=keeper.token, history_tail=0,
     )  # fmt: skip
     return summary, contexts, contracts
 
@@ -179,28 +107,40 @@ async def _restore(
 async def _claim_new(
     db: Database,
     settings: Settings,
-    daemon_id: str,
+    keeper: LeaseKeeper,
     host: Host,
     runner: TaskRunner,
     *,
+    claimed_under: int,
     daemon_metrics: metrics.DaemonMetrics,
 ) -> None:
     """While running, take new supervisors (`supervisors create`) and orphans of daemons
-    whose lease expired, restore them, and start their agents."""
+    whose lease expired or that stopped, restore them, and start their agents. After the
+    lease lapsed and was regained, take this daemon's own supervisors back too: with new
+    epochs, restored, their agents started again (the old ones were stopped)."""
+    log = get_logger()
     while True:
-        await anyio.sleep(settings.claim_interval_s)
+        await keeper.wait_changed(settings.claim_interval_s)
+        if not keeper.held:
+            continue
+        generation = keeper.generation
+        regained = generation != claimed_under
         try:
             summary, contexts, contracts = await _restore(
-                db, settings, daemon_id, daemon_metrics,
-                capacity=max(settings.capacity - len(host.running), 0), include_own=False,
-            )  # fmt: skip
+                db, settings, keeper, daemon_metrics, include_own=regained
+            )
+            if keeper.generation != generation or not keeper.held:
+                continue  # lost again meanwhile: the next round claims again
+            if regained:
+                systemd.status(f"lease regained: {summary.supervisors} supervisor(s) claimed")
+            claimed_under = generation
             if summary.supervisors:
                 # Only the newcomers' tasks: the running supervisors' tasks are ours.
-                await runner.resume(daemon_id, supervisors=set(contexts))
+                await runner.resume(supervisors=set(contexts))
                 host.delivery.webhook_redeliveries(contexts, contracts)
                 await host.start(contexts, list(contexts))
         except DaemonError as exc:
-            get_logger().warning("daemon.claim_failed", error=str(exc))
+            log.warning("daemon.claim_failed", error=str(exc))
 
 
 def _find(exc: BaseException, kind: type[E]) -> E | None:
@@ -221,10 +161,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _force_on_second_sigint(queue: PersistenceQueue, log: Any) -> None:
+async def _force_on_second_sigint(signals: Any, queue: PersistenceQueue, log: Any) -> None:
     """During an orderly stop, a second SIGINT (Ctrl-C again) cuts the drain short."""
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        async for _ in signals:
+    async for signum in signals:
+        if signum == signal.SIGINT:
             log.warning("daemon.forced_stop", queued=queue.queued)
             queue.force_stop()
             return
@@ -254,112 +194,170 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
         async with db.pool.acquire() as conn:
             applied = await migrations.migrate(conn)
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
-        registry = DaemonRegistry(db.pool)
-        registered_at = time.monotonic()
-        await registry.register(daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
-                                version=__version__, lease_s=settings.lease_s,
-                                capacity=settings.capacity)  # fmt: skip
-        if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
-            log.info("demo.created", supervisors=created)
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
         hosts: list[Host] = []  # the Host, once agents run (for the metrics)
         daemon_metrics = metrics.DaemonMetrics(queue, lambda: sum(len(h.running) for h in hosts))
-        metrics_server = _serve_metrics(settings, daemon_metrics, log)
-        daemon_metrics.listen()
+        registration = Registration(daemon_id=daemon_id, hostname=socket.gethostname(),
+                                    pid=os.getpid(), version=__version__,
+                                    capacity=settings.capacity)  # fmt: skip
+        keeper = LeaseKeeper(db.dsn, registration, LeaseTiming(settings.lease_s),
+                             id_wait_s=min(settings.lease_s, 10.0),
+                             renewal_failed=daemon_metrics.lease_renewals_failed.inc)  # fmt: skip
         try:
-            # The lease is renewed from registration on: restoring many supervisors
-            # can take longer than the lease lasts.
-            async with anyio.create_task_group() as lease:
-                lease.start_soon(functools.partial(
-                    _renew_lease, registry, daemon_id, log, registered_at,
-                    LeaseTiming(settings.lease_s), failed=daemon_metrics.lease_renewals_failed.inc,
-                ))  # fmt: skip
-                systemd.status("restoring supervisors")
-                summary, contexts, contracts = await _restore(
-                    db, settings, daemon_id, daemon_metrics, capacity=settings.capacity
-                )
-                await _serve(db, settings, daemon_id, queue, contexts, contracts,
-                             summary.supervisors, hosts, daemon_metrics, log)  # fmt: skip
-                lease.cancel_scope.cancel()
-        except Exception as exc:
-            lost = _find(exc, LeaseLostError)
-            if lost is not None:
-                log.critical("daemon.lease_lost", error=str(lost))
-                raise lost from None
-            error = _describe(exc)
-            log.critical("daemon.crashed", error=error, exc_info=True)
-            raise DaemonCrashedError(f"a background job crashed: {error}") from exc
+            await _run_registered(db, settings, keeper, queue, hosts, daemon_metrics, demo=demo)
         finally:
-            restore_defaults()  # the collector as it was (the daemon may run in-process)
-            daemon_metrics.stop_listening()
-            if metrics_server is not None:
-                metrics_server.shutdown()
-        with anyio.CancelScope(shield=True):
-            await registry.mark_stopped(daemon_id)
-        log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
+            await keeper.close()
+
+
+async def _run_registered(  # noqa: PLR0917 - the daemon's parts, made once in run_daemon
+    db: Database,
+    settings: Settings,
+    keeper: LeaseKeeper,
+    queue: PersistenceQueue,
+    hosts: list[Host],
+    daemon_metrics: metrics.DaemonMetrics,
+    *,
+    demo: bool,
+) -> None:
+    """Hold the daemon id and its lease, restore, serve until a signal, then hand the
+    supervisors over (or keep them for a restart: RELEASE_ON_STOP)."""
+    log = get_logger()
+    await keeper.acquire()  # a second process with this id stops here: exit 78
+    if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
+        log.info("demo.created", supervisors=created)
+    metrics_server = _serve_metrics(settings, daemon_metrics, log)
+    daemon_metrics.listen()
+    try:
+        # The lease is renewed from registration on: restoring many supervisors can
+        # take longer than the lease lasts.
+        async with anyio.create_task_group() as lease:
+            lease.start_soon(keeper.run)
+            systemd.status("restoring supervisors")
+            generation = keeper.generation
+            summary, contexts, contracts = await _restore(db, settings, keeper, daemon_metrics)
+            await _serve(db, settings, keeper, queue, (contexts, contracts, generation),
+                         summary.supervisors, hosts, daemon_metrics, log)  # fmt: skip
+            lease.cancel_scope.cancel()
+    except Exception as exc:
+        in_use = _find(exc, DaemonIdInUseError)
+        if in_use is not None:
+            log.critical("daemon.id_in_use", error=str(in_use))
+            raise in_use from None
+        error = _describe(exc)
+        log.critical("daemon.crashed", error=error, exc_info=True)
+        raise DaemonCrashedError(f"a background job crashed: {error}") from exc
+    finally:
+        restore_defaults()  # the collector as it was (the daemon may run in-process)
+        daemon_metrics.stop_listening()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    if settings.release_on_stop:
+        await _release(DaemonRegistry(db.pool), keeper, log)
+    log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
+
+
+async def _release(registry: DaemonRegistry, keeper: LeaseKeeper, log: Any) -> None:
+    """Hand the supervisors over: other daemons claim them at their next round."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+        try:
+            released = await registry.release(keeper.daemon_id, keeper.token)
+        except DaemonError as exc:
+            log.warning("daemon.release_failed", error=str(exc))
+            return
+        log.info("daemon.released", supervisors=released or 0)
+
+
+Startup = tuple[dict[uuid.UUID, SupervisorRestorationContext], Contracts, int]
 
 
 async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon together
     db: Database,
     settings: Settings,
-    daemon_id: str,
+    keeper: LeaseKeeper,
     queue: PersistenceQueue,
-    contexts: dict[uuid.UUID, SupervisorRestorationContext],
-    contracts: Contracts,
+    startup: Startup,
     restored: int,
     hosts: list[Host],
     daemon_metrics: metrics.DaemonMetrics,
     log: Any,
 ) -> None:
-    """Every background job in one task group, until a signal asks to stop."""
+    """Every background job in one task group, until a signal asks to stop. `startup`:
+    the restoration contexts and contracts of the supervisors restored at start, and the
+    lease generation they were claimed under."""
+    contexts, contracts, generation = startup
     hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
     agents_scope = anyio.CancelScope()
-    async with anyio.create_task_group() as tg:
-        await tg.start(queue.run)
-        await tg.start(hub.run)
-        if settings.metrics_address is not None:
-            tg.start_soon(metrics.refresh_from_database, MetricsStore(db.pool), daemon_metrics,
-                          settings.metrics_refresh_s)  # fmt: skip
-        delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
-                            use_proxy=settings.webhook_use_proxy)  # fmt: skip
-        delivery.webhook_redeliveries(contexts, contracts)
+    # Listening for SIGTERM before saying ready: one sent as soon as the daemon is ready
+    # must ask for a stop, not kill the process (the signal's default action).
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            await tg.start(queue.run)
+            await tg.start(hub.run)
+            if settings.metrics_address is not None:
+                tg.start_soon(metrics.refresh_from_database, MetricsStore(db.pool),
+                              daemon_metrics, settings.metrics_refresh_s)  # fmt: skip
+            delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
+                                use_proxy=settings.webhook_use_proxy)  # fmt: skip
+            delivery.webhook_redeliveries(contexts, contracts)
 
-        async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
-            with agents_scope:
-                async with anyio.create_task_group() as atg:
-                    runner = TaskRunner(WorkStore(db.pool), atg, timeout_s=settings.task_timeout_s,
-                                        finished=daemon_metrics.task_finished)  # fmt: skip
-                    host = Host(db.pool, daemon_id, queue=queue, hub=hub, runner=runner,
-                                delivery=delivery, tg=atg,
-                                heartbeat_s=settings.heartbeat_interval_s,
-                                history_tail=settings.history_tail)  # fmt: skip
-                    hosts.append(host)
-                    queue.contract_of = host.contract_of
-                    await runner.resume(daemon_id)
-                    started = await host.start(contexts, list(contexts))
-                    atg.start_soon(host.heartbeats)
-                    task_status.started(started)
-                    await _claim_new(db, settings, daemon_id, host, runner,
-                                     daemon_metrics=daemon_metrics)  # fmt: skip
+            async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+                with agents_scope:
+                    async with anyio.create_task_group() as atg:
+                        runner = TaskRunner(WorkStore(db.pool), atg, daemon_id=keeper.daemon_id,
+                                            timeout_s=settings.task_timeout_s,
+                                            finished=daemon_metrics.task_finished)  # fmt: skip
+                        host = Host(db.pool, keeper.daemon_id, queue=queue, hub=hub,
+                                    runner=runner, delivery=delivery, tg=atg,
+                                    heartbeat_s=settings.heartbeat_interval_s,
+                                    history_tail=settings.history_tail)  # fmt: skip
+                        hosts.append(host)
+                        _wire(keeper, queue, runner, host)
+                        started = 0
+                        # Claimed under a lease that lapsed meanwhile: the claim loop takes
+                        # them back under new epochs.
+                        if keeper.held and keeper.generation == generation:
+                            await runner.resume()
+                            started = await host.start(contexts, list(contexts))
+                        atg.start_soon(host.heartbeats)
+                        task_status.started(started)
+                        await _claim_new(db, settings, keeper, host, runner,
+                                         claimed_under=generation,
+                                         daemon_metrics=daemon_metrics)  # fmt: skip
 
-        agents_started = await tg.start(run_agents)
-        contexts.clear()
-        contracts.clear()
-        tune_for_throughput()
-        tg.start_soon(collect_on_a_clock)
-        if db.embedded:
-            tg.start_soon(embedded.keep_running, settings.data_dir)
-        log.info("daemon.ready", supervisors=restored, agents=agents_started)
-        systemd.ready(f"ready: {restored} supervisor(s) restored,"
-                      f" {agents_started} agent(s) running")  # fmt: skip
-        if (interval := watchdog.interval_s()) is not None:
-            tg.start_soon(watchdog.ping_while_healthy, queue, interval, log)
-        if settings.retention_days is not None:
-            tg.start_soon(retention.prune_forever, db.pool, settings.retention_days)
-        await _wait_for_stop(log)
-        tg.start_soon(_force_on_second_sigint, queue, log)
-        # Stop intake (agents), write what is queued (shielded, within the deadline),
-        # and only then stop the other background jobs.
-        agents_scope.cancel()
-        await queue.drain()
-        tg.cancel_scope.cancel()
+            agents_started = await tg.start(run_agents)
+            contexts.clear()
+            contracts.clear()
+            tune_for_throughput()
+            tg.start_soon(collect_on_a_clock)
+            if db.embedded:
+                tg.start_soon(embedded.keep_running, settings.data_dir)
+            log.info("daemon.ready", supervisors=restored, agents=agents_started)
+            systemd.ready(f"ready: {restored} supervisor(s) restored,"
+                          f" {agents_started} agent(s) running")  # fmt: skip
+            if (interval := watchdog.interval_s()) is not None:
+                tg.start_soon(watchdog.ping_while_healthy, queue, interval, log)
+            if settings.retention_days is not None:
+                tg.start_soon(retention.prune_forever, db.pool, settings.retention_days)
+            await _wait_for_stop(signals, log)
+            tg.start_soon(_force_on_second_sigint, signals, queue, log)
+            # Stop intake (agents), write what is queued (shielded, within the deadline),
+            # and only then stop the other background jobs.
+            agents_scope.cancel()
+            await queue.drain()
+            tg.cancel_scope.cancel()
+
+
+def _wire(keeper: LeaseKeeper, queue: PersistenceQueue, runner: TaskRunner, host: Host) -> None:
+    """Whoever learns that this daemon lost a supervisor (a refused write, a fenced
+    task write) or its lease tells the host, which stops the agents and tasks."""
+    queue.contract_of = host.contract_of
+    queue.on_lost = lambda sid, epoch: host.drop(sid, epoch, reason="a write was refused")
+    runner.on_lost = lambda sid, epoch: host.drop(sid, epoch, reason="a task write was fenced")
+
+    def lost(reason: str) -> None:
+        host.drop_all(reason=reason)
+        systemd.status("lease lost: agents stopped, waiting to register again")
+
+    keeper.on_lost = lost
+    if not keeper.held:  # lost while restoring at start: nothing of it may run
+        host.drop_all(reason="the lease lapsed during the start")

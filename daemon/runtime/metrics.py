@@ -62,7 +62,7 @@ _QUEUE_COUNTERS = {
 FLUSH_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
-TASK_OUTCOMES = ("succeeded", "failed", "timed_out", "interrupted", "error")
+TASK_OUTCOMES = ("succeeded", "failed", "timed_out", "interrupted", "stopped", "error")
 
 
 class DaemonMetrics:

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from daemon.errors import DaemonError
+from daemon.errors import ConflictError, DaemonError
 from daemon.logs import get_logger
 from daemon.models import JsonTail, RestorationSource, StateRecoveryAction
 from daemon.restoration import (
@@ -65,16 +65,19 @@ async def restore_all(
     on_outcome: OutcomeCallback | None = None,
     include_own: bool = True,
     history_tail: int = HISTORY_TAIL,
+    token: uuid.UUID | None = None,
 ) -> RestorationSummary:
     """Claim this daemon's supervisors and orphans, restore them all, log a summary.
 
-    At start `include_own` takes back this daemon's own supervisors too; the periodic
-    claim while running leaves them alone (they are running) and takes only new ones
-    and those of daemons whose lease expired.
+    At start (and once a lapsed lease is regained) `include_own` takes back this
+    daemon's own supervisors too, with new epochs; the periodic claim while running
+    leaves them alone (they are running) and takes only new ones and those of daemons
+    whose lease expired or that stopped, a fair share at a time. `token` is the one the
+    daemon registered with: a daemon claims only while its own lease is live.
     """
     started = time.perf_counter()
     store = RestorationStore(pool)
-    claimed = await store.claim(daemon_id, capacity, include_own=include_own)
+    claimed = await store.claim(daemon_id, capacity, include_own=include_own, token=token)
     if not claimed and not include_own:
         return RestorationSummary(
             supervisors=0,
@@ -105,9 +108,21 @@ async def restore_manually(
 ) -> RestorationOutcome | None:
     """An operator's restoration of one supervisor (source `manual`, guard bypassed).
 
-    Ownership is left as it is; a parked supervisor becomes runnable again. None when
-    the supervisor does not exist.
+    The supervisor is first taken from its owner, live or not: a new epoch, which the
+    owner's next write runs into (it then stops the agent and its tasks), and no owner.
+    The restoration is written under that new epoch, never under the owner's, and the
+    next claim round of a daemon with room runs it; a parked supervisor becomes
+    runnable again. None when the supervisor does not exist; ConflictError when a
+    daemon claimed it between the two steps (that daemon restored it itself).
     """
+    released = await RestorationStore(pool).release_for_manual_restore(supervisor_id)
+    if released is None:
+        return None
+    if released["previous_owner"] is not None:
+        log.warning("supervisor.taken_from_owner", supervisor_id=str(supervisor_id),
+                    contract_id=str(released["contract_id"]),
+                    previous_owner=released["previous_owner"],
+                    owner_alive=released["owner_alive"], epoch=released["owner_epoch"])  # fmt: skip
     found: list[RestorationOutcome] = []
     await restore(
         pool,
@@ -117,7 +132,12 @@ async def restore_manually(
         on_outcome=found.append,
         history_tail=history_tail,
     )
-    return found[0] if found else None
+    if not found:
+        raise ConflictError(
+            f"supervisor {supervisor_id} was claimed by a daemon while it was being restored;"
+            " that daemon restored it"
+        )
+    return found[0]
 
 
 async def restore(
@@ -150,7 +170,8 @@ async def restore(
             actions[result.action.value] += 1
             redelivered += len(result.redeliver)
             applied += len(result.applied_answers)
-            if on_outcome is not None:
+            # Only what was written: a row whose epoch moved is another daemon's now.
+            if on_outcome is not None and result.supervisor_id in done.written:
                 on_outcome(result)
 
     async with anyio.create_task_group() as tg:

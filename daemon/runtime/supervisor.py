@@ -27,7 +27,7 @@ from daemon.models import (
     SupervisorState,
     SupervisorStateKind,
 )
-from daemon.queue import PersistenceQueue
+from daemon.queue import PersistenceQueue, SupervisorLostError
 from daemon.runtime.hub import Hub
 from daemon.runtime.tasks import TaskRunner
 
@@ -77,12 +77,25 @@ class Supervisor:
         # The page read_history returns by default: SUPERVISOR_DAEMON_HISTORY_TAIL.
         self.history_tail = history_tail
         self._epoch = state.owner_epoch
+        # Set by the host when this daemon stops driving the supervisor under this epoch
+        # (another daemon owns it now, or the lease lapsed): nothing more is submitted.
+        self.lost = False
 
     @property
     def id(self) -> uuid.UUID:
         return self.state.id
 
+    @property
+    def epoch(self) -> int:
+        """The ownership epoch every write of this supervisor object names."""
+        return self._epoch
+
+    def _check_owned(self) -> None:
+        if self.lost:
+            raise SupervisorLostError(f"supervisor {self.id} is no longer this daemon's")
+
     async def _submit(self, event: events.Event) -> None:
+        self._check_owned()
         await self._queue.submit(event)
 
     async def spawn_task(self, spec: Any = None, *, awaited: bool = True) -> uuid.UUID:
@@ -96,7 +109,8 @@ class Supervisor:
             pending_task_ids=(*self.state.pending_task_ids, task_id) if awaited
             else self.state.pending_task_ids,
         )  # fmt: skip
-        self._runner.start(task_id, spec, supervisor_id=self.id, contract_id=self.state.contract_id)
+        self._runner.start(task_id, spec, supervisor_id=self.id,
+                           contract_id=self.state.contract_id, epoch=self._epoch)  # fmt: skip
         return task_id
 
     async def wait_for_tasks(
@@ -163,6 +177,7 @@ class Supervisor:
 
     def report_progress(self, progress: int, activity: str | None = None) -> None:
         """Coalesced: returns at once; only the newest per flush is written."""
+        self._check_owned()
         self._queue.submit_nowait(
             events.progress_reported(self.id, progress, activity=activity, epoch=self._epoch)
         )
@@ -247,4 +262,5 @@ class Supervisor:
         return "\n".join(lines) + "\n"
 
     def heartbeat(self) -> None:
+        self._check_owned()
         self._queue.submit_nowait(events.heartbeat(self.id, epoch=self._epoch))

@@ -1,23 +1,89 @@
+-- claim_custom_plans --
+-- For the claim's transaction: plan the claim for the dead daemons it is given ($5), whose supervisors an index finds, rather than with a generic plan that expects any of them to own a share of the table
+SET LOCAL plan_cache_mode = force_custom_plan
+
 -- claim_supervisors --
--- Take ownership (epoch + 1) of unowned supervisors, of orphans whose daemon's lease expired, and (when $3) of this daemon's own unfinished ones, up to a capacity; returns each with its new epoch and previous owner
-WITH candidates AS (
+-- Take ownership (epoch + 1) for daemon $1 (token $4), only while its own lease is live: when $3 (a start, or a lease regained) its own unfinished supervisors, up to its capacity $2; and unowned supervisors and orphans of the daemons $5 (stopped, or whose lease expired: dead_daemons), up to a fair share (the unfinished supervisors divided by the daemons alive, less what it owns) and its room under the capacity; returns each with its new epoch and previous owner
+-- The common round finds nothing to take, and costs two index lookups: the counts
+-- behind the fair share (a scan of every supervisor) are made only when there is a
+-- candidate.
+WITH me AS (
+    SELECT id FROM daemons
+    WHERE id = $1 AND token IS NOT DISTINCT FROM $4 AND stopped_at IS NULL
+      AND lease_expires_at > now()
+),
+counts AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE owner_daemon_id = $1) AS mine
+    FROM supervisors
+    WHERE state NOT IN ('completed', 'failed', 'blocked')
+),
+alive AS (
+    SELECT greatest(count(*), 1) AS daemons
+    FROM daemons
+    WHERE stopped_at IS NULL AND lease_expires_at > now()
+),
+own AS (
     SELECT s.id, s.owner_daemon_id AS previous_owner
     FROM supervisors s
-    LEFT JOIN daemons d ON d.id = s.owner_daemon_id
-    WHERE s.state NOT IN ('completed', 'failed', 'blocked')
-      AND (s.owner_daemon_id IS NULL
-           OR (s.owner_daemon_id = $1 AND $3)
-           OR (s.owner_daemon_id <> $1
-               AND (d.stopped_at IS NOT NULL OR d.lease_expires_at < now())))
+    WHERE $3 AND s.owner_daemon_id = $1 AND EXISTS (SELECT 1 FROM me)
+      AND s.state NOT IN ('completed', 'failed', 'blocked')
     ORDER BY s.id
     LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+-- Claimable: no owner, or a dead one; found through the owner column's index.
+claimable AS (
+    SELECT s.id FROM supervisors s
+    WHERE (s.owner_daemon_id IS NULL OR s.owner_daemon_id = ANY ($5::text[]))
+      AND s.state NOT IN ('completed', 'failed', 'blocked')
+),
+others AS (
+    SELECT s.id, s.owner_daemon_id AS previous_owner
+    FROM supervisors s
+    WHERE s.id IN (SELECT id FROM claimable) AND EXISTS (SELECT 1 FROM me)
+      -- Checked again on the row as locked, and on the owner as it is now: another
+      -- claim may have taken the row, its daemon may have registered again.
+      AND (s.owner_daemon_id IS NULL
+           OR EXISTS (SELECT 1 FROM daemons d
+                      WHERE d.id = s.owner_daemon_id AND d.id <> $1
+                        AND (d.stopped_at IS NOT NULL OR d.lease_expires_at < now())))
+      AND s.state NOT IN ('completed', 'failed', 'blocked')
+    ORDER BY s.id
+    LIMIT (SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM claimable) THEN 0
+        ELSE (SELECT greatest(0, least($2 - c.mine,
+                                      ceil(c.total::numeric / a.daemons)::bigint - c.mine))
+              FROM counts c, alive a)
+        END)
     FOR UPDATE OF s SKIP LOCKED
+),
+candidates AS (
+    SELECT * FROM own
+    UNION ALL
+    SELECT * FROM others
 )
 UPDATE supervisors s
 SET owner_daemon_id = $1, owner_epoch = s.owner_epoch + 1
 FROM candidates c
 WHERE s.id = c.id
 RETURNING s.id, s.owner_epoch, c.previous_owner
+
+-- release_for_manual_restore --
+-- An operator's restoration takes a supervisor away from its owner: a new epoch (the owner's next write is refused, and it stops the agent) and no owner (the next claim round of a daemon with room takes it); returns the new epoch and who owned it, and whether that daemon's lease was live
+WITH previous AS (
+    SELECT s.id, s.owner_daemon_id,
+           (d.stopped_at IS NULL AND d.lease_expires_at > now()) AS owner_alive
+    FROM supervisors s
+    LEFT JOIN daemons d ON d.id = s.owner_daemon_id
+    WHERE s.id = $1
+    FOR UPDATE OF s
+)
+UPDATE supervisors s
+SET owner_daemon_id = NULL, owner_epoch = s.owner_epoch + 1
+FROM previous p
+WHERE s.id = p.id
+RETURNING s.owner_epoch, s.contract_id, p.owner_daemon_id AS previous_owner,
+          COALESCE(p.owner_alive, false) AS owner_alive
 
 -- load_supervisors_for_restoration --
 -- The rows of some supervisors with the newest $2 messages of each (the text of a JSON array, NEWEST FIRST; NULL when none) and the database's clock
