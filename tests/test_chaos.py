@@ -1,4 +1,4 @@
-"""Chaos with three real daemon processes on one database (the harness: bench/chaos.py).
+"""Chaos with three real daemon processes on one database (the harness: bench/cluster.py).
 
 (a) a SIGKILLed daemon's supervisors are owned and restored by the others within a lease
 and 2 s, none lost, none owned twice; (b) a daemon SIGSTOPped past its lease and then
@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bench.chaos import Cluster, Figures, agent_processes, chaos_round, descendants, wait_for
+from bench.chaos import Figures, chaos_round
+from bench.cluster import Cluster, agent_processes, descendants, wait_for
 
 pytestmark = pytest.mark.acceptance
 LEASE_S = 2.5

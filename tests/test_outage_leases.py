@@ -18,7 +18,7 @@ import anyio
 import asyncpg
 import pytest
 
-from bench.chaos import Cluster, wait_for
+from bench.cluster import Cluster, wait_for
 from daemon.db.pool import SERVER_SETTINGS, init_connection
 from tests.test_database_restart import OwnServer
 

@@ -24,6 +24,7 @@ counted from when it sent the renewal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -150,8 +151,7 @@ class LeaseKeeper:
                     raise DaemonIdInUseError(await self._in_use(registry, holders))
                 await anyio.sleep(0.25)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.close(timeout=2)
+            conn.terminate()  # the session, and any lock it took, end with it
             raise
         self._backends.add(conn.get_server_pid())
         self._conn = conn
@@ -183,7 +183,11 @@ class LeaseKeeper:
         """Give the id up (the lock goes with the connection)."""
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(5),
+                contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError),
+            ):
                 await conn.close()
             conn.terminate()
 
@@ -194,8 +198,8 @@ class LeaseKeeper:
         await self._register(wait_s=self._id_wait_s)
 
     async def _register(self, *, wait_s: float) -> None:
-        sent = self._clock()
         conn = await self._lock_connection(wait_s=wait_s)
+        sent = self._clock()  # before the server stamps the lease: the safe side
         reg = self._reg
         await DaemonRegistry(conn).register(
             reg.daemon_id, hostname=reg.hostname, pid=reg.pid, version=reg.version,

@@ -222,7 +222,11 @@ async def _run_registered(  # noqa: PLR0917 - the daemon's parts, made once in r
     """Hold the daemon id and its lease, restore, serve until a signal, then hand the
     supervisors over (or keep them for a restart: RELEASE_ON_STOP)."""
     log = get_logger()
-    await keeper.acquire()  # a second process with this id stops here: exit 78
+    try:
+        await keeper.acquire()
+    except DaemonIdInUseError as exc:  # a second process with this id stops here: exit 78
+        log.critical("daemon.id_in_use", error=str(exc))
+        raise
     if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
         log.info("demo.created", supervisors=created)
     metrics_server = _serve_metrics(settings, daemon_metrics, log)
