@@ -213,7 +213,8 @@ async def measure_hosting(pool: asyncpg.Pool[Any], dsn: str, owner: str) -> dict
             pool, owner, guard=GUARD, history_tail=0,  # as `run` restores (lifecycle.py)
             on_outcome=lambda o: contexts.__setitem__(o.supervisor_id, o.context),
         )  # fmt: skip
-        host = Host(pool, owner, queue=queue, hub=hub, runner=TaskRunner(WorkStore(pool), tg, daemon_id=owner),
+        runner = TaskRunner(WorkStore(pool), tg, daemon_id=owner)
+        host = Host(pool, owner, queue=queue, hub=hub, runner=runner,
                     delivery=Delivery(pool, tg), tg=tg)  # fmt: skip
         started = await host.start(contexts)
         contexts.clear()  # as `run` does once the agents started
