@@ -563,10 +563,12 @@ class WorkStore:
         daemon_id: str,
         epoch: int,
     ) -> TaskChange:
-        """Fail a task an earlier owner left running (its process went with it)."""
-        return await self._task_change(
-            "interrupt_task", task_id, supervisor_id, daemon_id, epoch, result
-        )
+        """Fail a task an earlier owner left running (its process went with it): the
+        outcome of a task that never ran under this epoch."""
+        return await self.finish_task(
+            task_id, TaskStatus.FAILED, result, supervisor_id=supervisor_id,
+            daemon_id=daemon_id, epoch=epoch, never_started=True,
+        )  # fmt: skip
 
     async def task_statuses(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         with map_db_errors():

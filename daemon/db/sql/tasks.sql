@@ -85,24 +85,3 @@ SELECT EXISTS (SELECT 1 FROM owner) AS owned,
        (SELECT count(pg_notify('supervisor_tasks', json_build_object(
             'taskId', x.id, 'supervisorId', x.supervisor_id, 'status', x.status)::text))
         FROM changed x) > 0 AS finished
-
--- interrupt_task --
--- A task left running under an earlier epoch (its process went with that owner) is failed with $5, by the daemon $3 that owns supervisor $2 under epoch $4 now; `owned` as in finish_task
-WITH owner AS (
-    SELECT s.id
-    FROM supervisors s
-    WHERE s.id = $2 AND s.owner_daemon_id = $3 AND s.owner_epoch = $4
-    FOR SHARE OF s
-),
-changed AS (
-    UPDATE supervisor_tasks t
-    SET status = 'failed', result = $5, updated_at = now()
-    FROM owner o
-    WHERE t.id = $1 AND t.supervisor_id = o.id AND t.status = 'running'
-      AND t.run_epoch IS DISTINCT FROM $4
-    RETURNING t.id, t.supervisor_id, t.status
-)
-SELECT EXISTS (SELECT 1 FROM owner) AS owned,
-       (SELECT count(pg_notify('supervisor_tasks', json_build_object(
-            'taskId', x.id, 'supervisorId', x.supervisor_id, 'status', x.status)::text))
-        FROM changed x) > 0 AS finished
