@@ -55,6 +55,16 @@ class Hub:
                 return str(row["answer"]), row["answered_by"]
             await self._wait("supervisor_answers")
 
+    async def answer_of(self, question_id: uuid.UUID) -> tuple[str, str | None, uuid.UUID] | None:
+        """The answer recorded for a question (text, who, its supervisor), or None."""
+        row = await through_outage(
+            lambda: self._store.get_answer(question_id),
+            what="an answer", question_id=str(question_id),
+        )  # fmt: skip
+        if row is None:
+            return None
+        return str(row["answer"]), row["answered_by"], row["supervisor_id"]
+
     async def wait_tasks(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
         """The statuses of `task_ids` once every one has finished."""
         while True:
