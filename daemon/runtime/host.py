@@ -24,6 +24,7 @@ from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.queue import EventRejectedError, PersistenceQueue, QueueClosedError
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.hub import Hub
+from daemon.runtime.outage import sleep_out
 from daemon.runtime.supervisor import Supervisor
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import WorkStore
@@ -120,7 +121,7 @@ class Host:
                 return
             except TransientDatabaseError as exc:
                 slog.warning("agent.interrupted", error=str(exc), retry_in_s=wait)
-                await anyio.sleep(wait)
+                await sleep_out(wait)  # or less: until the database answers again
                 wait = min(wait * 2, 30.0)
 
     async def heartbeats(self) -> None:
