@@ -29,6 +29,7 @@ from daemon.db import migrations
 from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.errors import TransientDatabaseError
 from daemon.queue import PersistenceQueue, QueueClosedError
+from daemon.runtime.hub import Hub
 from daemon.runtime.outage import through_outage
 from daemon.store import EventStore, Store, WorkStore
 from tests.factories import new_state
@@ -336,3 +337,30 @@ async def test_whoever_sleeps_out_an_outage_wakes_when_the_database_answers_agai
         with anyio.fail_after(10):  # far less than the 30 s either would sleep
             while not waited or queue.counters.written == 0:
                 await anyio.sleep(0.01)
+
+
+async def test_the_listener_reconnects_as_soon_as_the_database_answers_again(
+    crashable: CrashableServer, crash_pool: asyncpg.Pool[Any]
+) -> None:
+    """While its LISTEN connection is down, answers and task results reach the waiters
+    only by polling; the listener backs off between attempts (here 30 s), and the first
+    call that gets through once the server is back ends that wait."""
+    hub = Hub(crash_pool, crashable.dsn, poll_s=0.1, reconnect_s=30)
+    work = WorkStore(crash_pool)
+    async with anyio.create_task_group() as tg:
+        await tg.start(hub.run)
+        with anyio.fail_after(30):
+            while not hub.listening:
+                await anyio.sleep(0.01)
+        pid = crashable.handle.get_pid()
+        os.kill(pid, signal.SIGQUIT)
+        with anyio.fail_after(30):
+            while _alive(pid) or hub.listening:
+                await anyio.sleep(0.01)  # down, and the listener knows it: it backs off
+        with crashable.handle._lock:
+            await anyio.to_thread.run_sync(crashable.handle.ensure_postgres_running)
+        await through_outage(lambda: work.get_answer(uuid.uuid4()), what="an answer")
+        with anyio.fail_after(10):  # far less than the 30 s it would wait
+            while not hub.listening:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
