@@ -21,6 +21,7 @@ when a target was missed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -40,49 +41,71 @@ from bench.chaos import badinput, fuzz, kills, multi, outages, questions, scenar
 from bench.chaos.cluster import Server
 from daemon import logs
 
-Campaign = Callable[[Server, Path, int, bool], Awaitable[dict[str, Any]]]
+
+@dataclasses.dataclass
+class Run:
+    """What every campaign is given."""
+
+    server: Server
+    root: Path
+    seed: int
+    quick: bool
+    lease_s: float | None  # the scenarios' daemons' lease (None: the daemon's default)
+    lines: list[bytes] = dataclasses.field(default_factory=list)
+    lines_ready: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+
+    async def make_lines(self) -> None:
+        """The bad-input campaign's protocol lines: generated in another process while
+        the campaigns before it run."""
+        count = 300 if self.quick else 10_000
+        self.lines = await anyio.to_process.run_sync(fuzz.protocol_lines, count, self.seed)
+        self.lines_ready.set()
 
 
-async def _kills(server: Server, root: Path, seed: int, quick: bool) -> dict[str, Any]:
+Campaign = Callable[[Run], Awaitable[dict[str, Any]]]
+
+
+async def _kills(r: Run) -> dict[str, Any]:
     return await kills.run(
-        server, root, seed, cycles=4 if quick else 100, supervisors=6 if quick else 12,
-        idle=100 if quick else 500, interval_ms=50,
+        r.server, r.root, r.seed, cycles=4 if r.quick else 100, supervisors=6 if r.quick else 12,
+        idle=100 if r.quick else 300, interval_ms=50,
     )  # fmt: skip
 
 
-async def _badinput(server: Server, root: Path, seed: int, quick: bool) -> dict[str, Any]:
-    count = 300 if quick else 10_000
-    lines = await anyio.to_process.run_sync(fuzz.protocol_lines, count, seed)
-    return await badinput.run(
-        server, root, seed, lines=lines, fuzzers=2 if quick else 4,
-        cli_count=20 if quick else 200, rows=20 if quick else 200, load=4, interval_ms=50,
-    )  # fmt: skip
-
-
-async def _outages(server: Server, root: Path, seed: int, quick: bool) -> dict[str, Any]:
+async def _outages(r: Run) -> dict[str, Any]:
     return await outages.run(
-        server, root, seed, restarts=2 if quick else 20, backend_kills=1 if quick else 10,
-        proxy_resets=1 if quick else 10, supervisors=6 if quick else 12, interval_ms=50,
+        r.server, r.root, r.seed, restarts=2 if r.quick else 20,
+        backend_kills=1 if r.quick else 10, proxy_resets=1 if r.quick else 10,
+        supervisors=6 if r.quick else 12, interval_ms=50,
     )  # fmt: skip
 
 
-async def _questions(server: Server, root: Path, seed: int, quick: bool) -> dict[str, Any]:
+async def _badinput(r: Run) -> dict[str, Any]:
+    await r.lines_ready.wait()
+    return await badinput.run(
+        r.server, r.root, r.seed, lines=r.lines, fuzzers=2 if r.quick else 4,
+        cli_count=20 if r.quick else 200, rows=20 if r.quick else 200, load=4, interval_ms=50,
+    )  # fmt: skip
+
+
+async def _questions(r: Run) -> dict[str, Any]:
     return await questions.run(
-        server, root, seed, restarts=2 if quick else 5, supervisors=4 if quick else 8
+        r.server, r.root, r.seed, restarts=2 if r.quick else 5, supervisors=4 if r.quick else 8
     )
 
 
-async def _scenarios(server: Server, root: Path, seed: int, quick: bool) -> dict[str, Any]:
-    return await scenarios.run(
-        server, root, seed, window_s=1.5 if quick else 10, fault_s=1.5 if quick else 15,
-        outage_s=1.5 if quick else 20, supervisors=6 if quick else 16, interval_ms=50,
+async def _multi(r: Run) -> dict[str, Any]:
+    return await multi.run(
+        r.server, r.root, r.seed, daemons=3, seconds=6 if r.quick else 30,
+        supervisors=6 if r.quick else 12, interval_ms=50, lease_s=1.5 if r.quick else 3,
     )  # fmt: skip
 
 
-async def _multi(server: Server, root: Path, seed: int, quick: bool) -> dict[str, Any]:
-    return await multi.run(
-        server, root, seed, daemons=3, seconds=6 if quick else 45, supervisors=6 if quick else 12,
-        interval_ms=50, lease_s=1.5 if quick else 3,
+async def _scenarios(r: Run) -> dict[str, Any]:
+    return await scenarios.run(
+        r.server, r.root, r.seed, window_s=1.5 if r.quick else 10,
+        fault_s=1.5 if r.quick else 10, outage_s=1.5 if r.quick else 20,
+        supervisors=6 if r.quick else 16, interval_ms=50, lease_s=r.lease_s,
     )  # fmt: skip
 
 
@@ -108,18 +131,23 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
     failed: dict[str, str] = {}
     started = time.monotonic()
     names = args.campaign or list(CAMPAIGNS)
+    run = Run(server, root, args.seed, args.quick, args.lease_s)
     try:
-        for name in names:
-            began = time.monotonic()
-            try:
-                results[name] = await CAMPAIGNS[name](server, root, args.seed, args.quick)
-            except Exception as exc:  # noqa: BLE001 - reported as a missed target; go on
-                failed[name] = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
-                results[name] = {}
-                await server.ensure_up()
-            results[name]["seconds"] = round(time.monotonic() - began, 1)
-            print(f"{name}: done in {results[name]['seconds']} s", file=sys.stderr, flush=True)
+        async with anyio.create_task_group() as tg:
+            if "badinput" in names:
+                tg.start_soon(run.make_lines)
+            for name in names:
+                began = time.monotonic()
+                try:
+                    results[name] = await CAMPAIGNS[name](run)
+                except Exception as exc:  # noqa: BLE001 - reported as a missed target; go on
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    traceback.print_exc()
+                    results[name] = {}
+                    await server.ensure_up()
+                results[name]["seconds"] = round(time.monotonic() - began, 1)
+                print(f"{name}: done in {results[name]['seconds']} s", file=sys.stderr,
+                      flush=True)  # fmt: skip
     finally:
         server.cleanup()
         if args.keep:
@@ -140,6 +168,9 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="a short version of each campaign")
     parser.add_argument("--campaign", action="append", choices=list(CAMPAIGNS))
     parser.add_argument("--keep", action="store_true", help="keep the logs and ledgers")
+    parser.add_argument("--lease-s", type=float, default=None,
+                        help="SUPERVISOR_DAEMON_LEASE_S of the five scenarios' daemons"
+                        " (default: the daemon's own default)")  # fmt: skip
     args = parser.parse_args()
     # The bench's own connections meet the outages it causes: asyncpg's pool says so.
     logging.getLogger("asyncpg").setLevel(logging.CRITICAL)

@@ -176,7 +176,10 @@ def generate(strategy: st.SearchStrategy[T], count: int, seed: int) -> list[T]:
 
 
 def protocol_lines(count: int, seed: int) -> list[bytes]:
-    made = [line for line in generate(lines, count, seed) if line.strip()]
+    made: list[bytes] = []
+    while len(made) < count:  # blank lines get no reply: they do not count
+        made += [line for line in generate(lines, count - len(made), seed) if line.strip()]
+        seed += 1_000
     # Now and then a line longer than the 1 MiB a line may have (refused whole, unread).
     too_long = b'{"type": "report_activity", "activity": "' + b"x" * (1 << 20) + b'"}'
     for n in range(0, len(made), 2_500):

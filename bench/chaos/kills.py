@@ -29,13 +29,13 @@ async def _one_cycle(w: Rig, kind: str, restore_s: float) -> None:
     d = w.daemons[0]
     await d.start(w.tg)
     if kind == "anytime":
-        await anyio.sleep(w.rng.uniform(0.0, 1.5))
+        await anyio.sleep(w.rng.uniform(0.0, 1.0))
     elif kind == "restoring":
         await d.wait_for("database.ready")
         await anyio.sleep(w.rng.uniform(0.0, restore_s))
     else:
         await d.wait_for("daemon.ready")
-        await anyio.sleep(w.rng.uniform(0.2, 1.2))
+        await anyio.sleep(w.rng.uniform(0.1, 0.8))
         if kind == "draining":  # the drain takes milliseconds: aim just after the ask
             d.signal(signal.SIGTERM)
             await anyio.sleep(w.rng.uniform(0.0, 0.015))

@@ -5,7 +5,7 @@ The daemon reaches PostgreSQL through a loopback proxy (tests/proxy.py) so that 
 connections can be reset like a network would: the server goes on with what it
 received and commits, and the reply is lost. The faults come in a seeded random
 order with a random stretch of load between them: an immediate shutdown (SIGQUIT, no
-checkpoint, crash recovery at the next start) lasting a random 0.1-2 s, the
+checkpoint, crash recovery at the next start) lasting a random 0.1-1.5 s, the
 termination of every backend of the daemon's database, or a burst of connection
 resets. After each, every load supervisor must be acknowledged again and the ledger
 must hold. A daemon that exits during an outage is counted and started again, as
@@ -71,10 +71,10 @@ async def run(
             exits = 0
             killed = reset = 0
             for fault in faults:
-                await anyio.sleep(w.rng.uniform(0.2, 1.0))
+                await anyio.sleep(w.rng.uniform(0.2, 0.6))
                 if fault == "restart":
                     await server.crash()
-                    await anyio.sleep(w.rng.uniform(0.1, 2.0))
+                    await anyio.sleep(w.rng.uniform(0.1, 1.5))
                     await server.start()
                 elif fault == "backends":
                     killed += await terminate_backends(w)

@@ -81,12 +81,13 @@ async def _hold_connections(dsn: str, seconds: float) -> int:
 
 async def run(
     server: Server, root: Path, seed: int, *, window_s: float, fault_s: float,
-    outage_s: float, supervisors: int, interval_ms: int,
+    outage_s: float, supervisors: int, interval_ms: int, lease_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     async with rig(server, root, "scenarios", seed) as w:
         await w.add_load(supervisors, interval_ms)
-        a = w.daemon("fleet-a", capacity=supervisors // 2)
-        b = w.daemon("fleet-b", capacity=supervisors - supervisors // 2)
+        lease = {} if lease_s is None else {"lease_s": lease_s}
+        a = w.daemon("fleet-a", capacity=supervisors // 2, **lease)
+        b = w.daemon("fleet-b", capacity=supervisors - supervisors // 2, **lease)
         watch = Watch(w)
         for d in (a, b):
             await d.start(w.tg)
@@ -120,8 +121,8 @@ async def run(
         }
         results: dict[str, Any] = {}
         for name, fault in scenarios.items():
-            # Every supervisor served again (or, after 60 s, the count of those not).
-            stranded = await w.silent_after(time.time(), 60)
+            # Every supervisor served again (or, after 20 s, the count of those not).
+            stranded = await w.silent_after(time.time(), 20)
             await anyio.sleep(window_s)  # the window before
             began = time.time()
             w.note("fault.began", scenario=name)
@@ -142,7 +143,7 @@ async def run(
             }  # fmt: skip
             if isinstance(detail, int):
                 results[name]["connections_held"] = detail
-        stranded = await w.silent_after(time.time(), 60)
+        stranded = await w.silent_after(time.time(), 20)
         for d in (a, b):
             watch.expected.add(d.daemon_id)
             d.signal(signal.SIGTERM)
@@ -150,7 +151,7 @@ async def run(
         found = await w.verify()
         db_faults = ("postgres_restart", "backend_kills", "pool_exhaustion")
         return {
-            "scenarios": results,
+            "lease_s": lease_s or "default", "scenarios": results,
             "recovery_ratio_min": min(r["recovery_ratio"] for r in results.values()),
             "daemon_exits_on_db_fault": sum(results[n]["daemon_exits"] for n in db_faults),
             "unexpected_exits": watch.unexpected,
