@@ -180,8 +180,10 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
 
                 tg.start_soon(stop_on_signal)
                 # Listening first, then listing: a question asked in between shows once.
+                # One answered while no daemon ran waits for nobody: not shown.
                 for item in await Services(db.pool).pending_questions():
-                    show(payload(item.supervisor_id, item.question, redelivery=False))
+                    if item.answer is None:
+                        show(payload(item.supervisor_id, item.question, redelivery=False))
                 async for body in feed:
                     if str(body.get("questionId")) not in seen:
                         show(await _whole(WorkStore(db.pool), body))

@@ -51,6 +51,7 @@ from daemon.errors import (
 )
 from daemon.events import Event
 from daemon.logs import get_logger
+from daemon.runtime import outage
 from daemon.store import EventStore
 
 log = get_logger()
@@ -174,7 +175,9 @@ class PersistenceQueue:
         drain_timeout_s: float = 10.0,
         lanes: int = 2,
         retry_initial_s: float = 0.05,
-        retry_max_s: float = 5.0,
+        # Short: a flusher's retry is one statement (or a refused connection) per lane,
+        # and the first that gets through wakes every supervisor waiting out the outage.
+        retry_max_s: float = 0.5,
     ) -> None:
         if lanes < 1:
             raise ValueError("a queue needs at least one lane")
@@ -482,11 +485,15 @@ class PersistenceQueue:
         # The first attempt goes straight to the store: nearly every batch succeeds at
         # once, and a retry loop set up per batch would cost more than encoding it.
         try:
-            return set(await self._timed(call()))
+            result = set(await self._timed(call()))
         except TransientDatabaseError as exc:
             first_wait = self._retry_initial_s * random.uniform(1.0, 2.0)  # noqa: S311 - jitter
             self._log_retry_error(1, exc, first_wait)
-        await anyio.sleep(first_wait)
+        else:
+            outage.answered()
+            return result
+        # Between attempts, a call that gets through elsewhere ends the wait (outage.py).
+        await outage.sleep_out(first_wait)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientDatabaseError),
             # Attempt n+1 waits about initial * 2**n, plus jitter.
@@ -497,12 +504,14 @@ class PersistenceQueue:
             ),
             stop=stop_never,
             before_sleep=self._log_retry,
+            sleep=outage.sleep_out,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                return set(await self._timed(call()))
-        raise AssertionError("unreachable: tenacity retries forever or re-raises")
+                result = set(await self._timed(call()))
+        outage.answered()  # tenacity ends its loop only on success (it retries forever)
+        return result
 
     async def _timed(self, call: Awaitable[T]) -> T:
         key = next(self._call_ids)
@@ -526,6 +535,7 @@ class PersistenceQueue:
         self._log_retry_error(state.attempt_number + 1, error, state.upcoming_sleep)
 
     def _log_retry_error(self, attempt: int, error: BaseException | None, sleep_s: float) -> None:
+        outage.failed()
         self.counters.retries += 1
         log.warning(
             "queue.retry",

@@ -82,8 +82,10 @@ class ResettingProxy:
             pair.cut = True
             sock = pair.client.get_extra_info("socket")
             if sock is not None:
-                # Linger 0: close() sends RST rather than FIN, like a network reset.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # Linger 0: close() sends RST rather than FIN, like a network reset. A
+                # socket already closed (its server went away) has nothing to reset.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             pair.client.transport.abort()
             count += 1
         return count

@@ -122,6 +122,8 @@ async def test_a_bad_task_spec_is_refused_before_it_is_recorded(
         ({"type": "append_message", "message": {"text": "x" * 300_000}}, "bytes"),
         ({"type": "append_message", "message": json.loads("[" * 100 + "]" * 100)}, "deep"),
         ({"type": "wait_for_tasks", "taskIds": [str(uuid.uuid4())] * 20_000}, "taskIds"),
+        # A question this supervisor never asked: an error, not a wait that never ends.
+        ({"type": "await_answer", "questionId": str(uuid.uuid4())}, "not pending"),
     ],
 )
 async def test_a_bad_request_gets_an_error_reply_and_changes_nothing(
@@ -135,6 +137,41 @@ async def test_a_bad_request_gets_an_error_reply_and_changes_nothing(
         assert named in reply["error"]
         assert await Store(pool).get_supervisor(sup.id) == before
     assert await pool.fetchval("SELECT count(*) FROM supervisor_events") == 0
+
+
+async def test_await_answer_gives_an_answer_already_applied_once_and_no_other(
+    pool: asyncpg.Pool[Any], dsn: str
+) -> None:
+    """A question whose answer was applied (here by the running supervisor; one given
+    while no daemon ran, by the restoration) is no longer pending: an agent that waits
+    for it all the same gets the recorded answer at once, journaled once. Another
+    supervisor's question is refused like an unknown one."""
+    async with supervisor_on(pool, dsn) as other, supervisor_on(pool, dsn) as sup:
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.ask, "Ship it?")
+                question_id = await _wait_for_question(pool, sup.id)
+                await WorkStore(pool).record_answer(question_id, sup.id, "yes", "ops")
+        assert not sup.state.pending_questions
+        session = Session(sup)
+        with anyio.fail_after(DEADLINE_S):
+            again = await session.handle(
+                json.dumps({"id": 1, "type": "await_answer", "questionId": str(question_id)})
+                .encode()
+            )  # fmt: skip
+            elsewhere = await Session(other).handle(
+                json.dumps({"id": 2, "type": "await_answer", "questionId": str(question_id)})
+                .encode()
+            )  # fmt: skip
+    assert again == {"type": "result", "id": 1, "ok": True, "value": "yes"}
+    assert elsewhere["type"] == "error"
+    assert "not pending" in elsewhere["error"]
+    kinds = await pool.fetch(
+        "SELECT e->>1 AS kind FROM supervisor_events, json_array_elements(events) AS e"
+        " WHERE supervisor_id = $1",
+        sup.id,
+    )
+    assert [row["kind"] for row in kinds].count("question_answered") == 1
 
 
 # -- task specs read back from the database ---------------------------------------------

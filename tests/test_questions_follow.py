@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ import pytest
 
 from daemon.models import SupervisorStateKind
 from daemon.runtime.delivery import notify_body
-from daemon.store import Store, notify_question
+from daemon.store import Store, WorkStore, notify_question
 from tests.factories import new_question, new_state
 from tests.test_cli import cli_env
 
@@ -78,9 +79,15 @@ async def _notify(pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID, redelivery:
 async def test_follow_shows_pending_then_new_questions_once_and_stops_on_ctrl_c(
     dsn: str, pool: asyncpg.Pool[Any], store: Store
 ) -> None:
+    # Answered while no daemon ran (not applied yet): it waits for nobody, so it is not
+    # shown, though it was asked first.
+    answered = new_question(asked_at=datetime.now(UTC) - timedelta(hours=1))
     waiting = new_question()
-    state = new_state(state=SupervisorStateKind.WAITING_FOR_USER, pending_questions=(waiting,))
+    state = new_state(
+        state=SupervisorStateKind.WAITING_FOR_USER, pending_questions=(answered, waiting)
+    )
     await store.save_supervisor_state_full(state)
+    assert await WorkStore(pool).record_answer(answered.id, state.id, "yes", "ops")
     follower = Follower(dsn)
     try:
         first = follower.next()  # printed after LISTEN: what follows is not missed
@@ -96,6 +103,7 @@ async def test_follow_shows_pending_then_new_questions_once_and_stops_on_ctrl_c(
         assert shown[0] == asked
         assert shown[2] == last
         assert str(waiting.id) not in shown  # shown once, at the start
+        assert str(answered.id) not in shown
 
         follower.process.send_signal(signal.SIGINT)
         assert follower.process.wait(timeout=DEADLINE_S) == 0

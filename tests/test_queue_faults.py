@@ -29,7 +29,9 @@ from daemon.db import migrations
 from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.errors import TransientDatabaseError
 from daemon.queue import PersistenceQueue, QueueClosedError
-from daemon.store import EventStore, Store
+from daemon.runtime.hub import Hub
+from daemon.runtime.outage import through_outage
+from daemon.store import EventStore, Store, WorkStore
 from tests.factories import new_state
 from tests.test_queue import running
 
@@ -296,3 +298,69 @@ async def test_drain_deadline_abandons_what_it_cannot_write() -> None:
     for task in submitters:
         with pytest.raises(QueueClosedError):
             await task
+
+
+async def test_whoever_sleeps_out_an_outage_wakes_when_the_database_answers_again(
+    crashable: CrashableServer, crash_pool: asyncpg.Pool[Any]
+) -> None:
+    """The flusher and the supervisors waiting through an outage each back off; once the
+    server is back, the first call that gets through wakes all of them, instead of each
+    one waiting for the end of its own backoff (here 30 s)."""
+    (sid,) = await _make_supervisors(Store(crash_pool), 1)
+    work = WorkStore(crash_pool)
+    queue = PersistenceQueue(EventStore(crash_pool), retry_initial_s=30, retry_max_s=30)
+    attempts = 0
+    waited: list[Any] = []
+
+    async def read_answer() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return await work.get_answer(uuid.uuid4())
+
+    async def wait_through() -> None:
+        waited.append(await through_outage(read_answer, what="an answer", initial_s=30))
+
+    pid = crashable.handle.get_pid()
+    os.kill(pid, signal.SIGQUIT)  # immediate shutdown: down until started again
+    with anyio.fail_after(30):
+        while _alive(pid):
+            await anyio.sleep(0.01)
+    async with running(queue), anyio.create_task_group() as tg:
+        tg.start_soon(wait_through)
+        tg.start_soon(queue.submit, events.activity_reported(sid, "through the outage"))
+        with anyio.fail_after(30):
+            while attempts == 0 or queue.counters.retries == 0:
+                await anyio.sleep(0.01)  # both failed once and are backing off
+        with crashable.handle._lock:
+            await anyio.to_thread.run_sync(crashable.handle.ensure_postgres_running)
+        assert await through_outage(read_answer, what="an answer") is None  # gets through
+        with anyio.fail_after(10):  # far less than the 30 s either would sleep
+            while not waited or queue.counters.written == 0:
+                await anyio.sleep(0.01)
+
+
+async def test_the_listener_reconnects_as_soon_as_the_database_answers_again(
+    crashable: CrashableServer, crash_pool: asyncpg.Pool[Any]
+) -> None:
+    """While its LISTEN connection is down, answers and task results reach the waiters
+    only by polling; the listener backs off between attempts (here 30 s), and the first
+    call that gets through once the server is back ends that wait."""
+    hub = Hub(crash_pool, crashable.dsn, poll_s=0.1, reconnect_s=30)
+    work = WorkStore(crash_pool)
+    async with anyio.create_task_group() as tg:
+        await tg.start(hub.run)
+        with anyio.fail_after(30):
+            while not hub.listening:
+                await anyio.sleep(0.01)
+        pid = crashable.handle.get_pid()
+        os.kill(pid, signal.SIGQUIT)
+        with anyio.fail_after(30):
+            while _alive(pid) or hub.listening:
+                await anyio.sleep(0.01)  # down, and the listener knows it: it backs off
+        with crashable.handle._lock:
+            await anyio.to_thread.run_sync(crashable.handle.ensure_postgres_running)
+        await through_outage(lambda: work.get_answer(uuid.uuid4()), what="an answer")
+        with anyio.fail_after(10):  # far less than the 30 s it would wait
+            while not hub.listening:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()

@@ -35,6 +35,7 @@ from daemon.queue import (
 )
 from daemon.runtime.delivery import Delivery
 from daemon.runtime.hub import Hub
+from daemon.runtime.outage import sleep_out
 from daemon.runtime.supervisor import Supervisor
 from daemon.runtime.tasks import TaskRunner
 from daemon.store import Store, WorkStore
@@ -186,7 +187,7 @@ class Host:
                 return
             except TransientDatabaseError as exc:
                 slog.warning("agent.interrupted", error=str(exc), retry_in_s=wait)
-                await anyio.sleep(wait)
+                await sleep_out(wait)  # or less: until the database answers again
                 wait = min(wait * 2, 30.0)
 
     async def heartbeats(self) -> None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from daemon import events, limits
+from daemon.errors import InvalidInputError
 from daemon.models import (
     HistoryMessage,
     PendingQuestion,
@@ -153,7 +154,20 @@ class Supervisor:
         return await self.await_answer(pending.id)
 
     async def await_answer(self, question_id: uuid.UUID) -> str:
-        """Wait for the answer to a pending question (one asked before a restart too)."""
+        """Wait for the answer to a pending question (one asked before a restart too).
+
+        A question no longer pending whose answer this supervisor already applied (a
+        restoration applies one given while no daemon ran) gives that answer at once,
+        recorded once. Any other question is an InvalidInputError: waiting for it
+        would never end.
+        """
+        if not any(q.id == question_id for q in self.state.pending_questions):
+            found = await self._hub.answer_of(question_id)
+            if found is None or found[2] != self.id:
+                raise InvalidInputError(
+                    f"question {question_id} is not pending on supervisor {self.id}"
+                )
+            return found[0]
         answer, answered_by = await self._hub.wait_answer(question_id)
         await self._submit(
             events.question_answered(
