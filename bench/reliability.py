@@ -6,9 +6,9 @@ The real daemon runs as a process (`python -m daemon run`) against a PostgreSQL 
 bench starts in a temporary directory and the daemon does not own, so that killing
 the daemon leaves the database running; everything is loopback (a unix socket, and a
 127.0.0.1 proxy). The load comes from supervisors driven by a command agent
-(bench/chaos/agent.py) that appends every acknowledgement it receives to a ledger
+(bench/campaigns/agent.py) that appends every acknowledgement it receives to a ledger
 file as the reply arrives; after each fault the ledgers are compared with the
-journal (bench/chaos/ledger.py). docs/reliability.md says what each campaign proves.
+journal (bench/campaigns/ledger.py). docs/reliability.md says what each campaign proves.
 
 Usage (from the repository root):
     python -m bench.reliability [--seed N] [--quick] [--campaign NAME ...]
@@ -37,8 +37,8 @@ from typing import Any
 
 import anyio
 
-from bench.chaos import badinput, fuzz, kills, multi, outages, questions, scenarios, summary
-from bench.chaos.cluster import Server
+from bench.campaigns import badinput, fuzz, kills, multi, outages, questions, scenarios, summary
+from bench.campaigns.cluster import Server
 from daemon import logs
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench.chaos.cluster import BENCH_APP, DaemonProcess, Server
-from bench.chaos.outages import terminate_backends
-from bench.chaos.rig import Rig, rig
+from bench.campaigns.cluster import BENCH_APP, DaemonProcess, Server
+from bench.campaigns.outages import terminate_backends
+from bench.campaigns.rig import Rig, rig
 
 RESTART_SEC = 5.0  # systemd/supervisor-daemon.service
 

@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from bench.chaos.cluster import (
+from bench.campaigns.cluster import (
     DB_ERRORS,
     DaemonProcess,
     Operator,
@@ -27,7 +27,7 @@ from bench.chaos.cluster import (
     daemon_env,
     open_pool,
 )
-from bench.chaos.ledger import Check, Findings
+from bench.campaigns.ledger import Check, Findings
 from daemon.services import Services
 
 AGENT = Path(__file__).resolve().parent / "agent.py"

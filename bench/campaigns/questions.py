@@ -30,8 +30,8 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from bench.chaos.cluster import ROOT, Operator, Server, until
-from bench.chaos.rig import Rig, rig
+from bench.campaigns.cluster import ROOT, Operator, Server, until
+from bench.campaigns.rig import Rig, rig
 
 
 @contextlib.asynccontextmanager

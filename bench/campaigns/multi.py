@@ -21,8 +21,8 @@ from typing import Any
 
 import anyio
 
-from bench.chaos.cluster import DaemonProcess, Server, until
-from bench.chaos.rig import Rig, rig
+from bench.campaigns.cluster import DaemonProcess, Server, until
+from bench.campaigns.rig import Rig, rig
 
 
 class Chaos:

@@ -22,8 +22,8 @@ from typing import Any
 
 import anyio
 
-from bench.chaos.cluster import BENCH_APP, DB_ERRORS, Server
-from bench.chaos.rig import Rig, rig
+from bench.campaigns.cluster import BENCH_APP, DB_ERRORS, Server
+from bench.campaigns.rig import Rig, rig
 from tests.proxy import ResettingProxy
 
 

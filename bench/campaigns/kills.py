@@ -19,8 +19,8 @@ from typing import Any
 
 import anyio
 
-from bench.chaos.cluster import Server
-from bench.chaos.rig import Rig, rig
+from bench.campaigns.cluster import Server
+from bench.campaigns.rig import Rig, rig
 
 KINDS = ("anytime", "restoring", "running", "draining")
 

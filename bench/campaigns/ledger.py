@@ -1,6 +1,6 @@
 """The ledger check: what the agents were told was durable against what the journal holds.
 
-The agents (bench/chaos/agent.py) append one line per acknowledgement to a file per
+The agents (bench/campaigns/agent.py) append one line per acknowledgement to a file per
 supervisor as each reply arrives. `Check.update()` reads what is new in those files
 and then what is new in `supervisor_events`, in that order: an acknowledgement is sent
 only after its transaction committed, so every acknowledgement read before the

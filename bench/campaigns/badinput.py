@@ -1,7 +1,7 @@
 """Bad input: protocol lines, CLI arguments and corrupted rows, while a load runs beside.
 
 Fuzz supervisors are driven by the agent in `fuzz` mode, each sending its share of the
-hypothesis-generated lines (bench/chaos/fuzz.py) one at a time and recording each
+hypothesis-generated lines (bench/campaigns/fuzz.py) one at a time and recording each
 reply. Meanwhile people's commands are run with generated arguments (in process
 through `daemon.cli.main`, and a few as real processes), aimed now and then at real
 questions, tasks and supervisors. Then rows that break every rule of
@@ -31,9 +31,9 @@ from typing import Any
 
 import anyio
 
-from bench.chaos import fuzz
-from bench.chaos.cluster import ROOT, Server, until
-from bench.chaos.rig import Rig, rig
+from bench.campaigns import fuzz
+from bench.campaigns.cluster import ROOT, Server, until
+from bench.campaigns.rig import Rig, rig
 from daemon import cli
 from daemon.services import Services
 
