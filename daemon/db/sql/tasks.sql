@@ -39,7 +39,7 @@ WHERE s.owner_daemon_id = $1
 ORDER BY t.created_at, t.id
 
 -- start_task --
--- Compare-and-set before a task's process starts: pending -> running (or, when $5, an idempotent task left running by an earlier epoch -> running again) for daemon $3 owning supervisor $2 under epoch $4 with a live lease; `owned` false means the supervisor is not this daemon's under that epoch any more (or its lease lapsed), `started` false with `owned` true that the task is not pending (started by another owner, or finished)
+-- Compare-and-set before a task's process starts: pending -> running (or, when $5, an idempotent task left running by an earlier epoch -> running again; a task already running under $4 is this call's own, retried) for daemon $3 owning supervisor $2 under epoch $4 with a live lease; `owned` false means the supervisor is not this daemon's under that epoch any more (or its lease lapsed), `started` false with `owned` true that the task is not pending (started by another owner, or finished)
 WITH owner AS (
     SELECT s.id
     FROM supervisors s
@@ -50,12 +50,18 @@ WITH owner AS (
     -- statement or this statement for the claim, which it then sees (epoch moved).
     FOR SHARE OF s
 ),
+-- A task already running under $4 was started by this very call, retried after a
+-- commit whose reply the daemon never saw: only one daemon holds an epoch, and it asks
+-- once per task. Matched in the UPDATE itself, so that a retry that waited for that
+-- commit re-reads the row (READ COMMITTED) and finds it its own, not someone else's.
 started AS (
     UPDATE supervisor_tasks t
-    SET status = 'running', run_epoch = $4, runs = t.runs + 1, updated_at = now()
+    SET status = 'running', run_epoch = $4, updated_at = now(),
+        runs = t.runs + CASE WHEN t.status = 'running' AND t.run_epoch = $4 THEN 0 ELSE 1 END
     FROM owner o
     WHERE t.id = $1 AND t.supervisor_id = o.id
       AND (t.status = 'pending'
+           OR (t.status = 'running' AND t.run_epoch = $4)
            OR ($5 AND t.status = 'running' AND t.run_epoch IS DISTINCT FROM $4))
     RETURNING t.id, t.supervisor_id, t.status
 )
