@@ -94,11 +94,6 @@ def test_many_daemons_under_chaos_never_drive_one_supervisor_twice(run: dict[str
     assert chaos["tasks_run_twice"] == 0
 
 
-@pytest.mark.xfail(
-    reason="a daemon whose lease lapses while PostgreSQL is down exits (69) today; the"
-    " work on many daemons makes it drop its supervisors and claim again",
-    strict=False,
-)
 def test_no_daemon_exits_on_a_database_outage_longer_than_its_lease(
     run: dict[str, Any],
 ) -> None:

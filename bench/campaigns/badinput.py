@@ -5,8 +5,9 @@ hypothesis-generated lines (bench/campaigns/fuzz.py) one at a time and recording
 reply. Meanwhile people's commands are run with generated arguments (in process
 through `daemon.cli.main`, and a few as real processes), aimed now and then at real
 questions, tasks and supervisors. Then rows that break every rule of
-`supervisor_states` are written straight into the table (its CHECK constraints
-dropped first: this throwaway database stands for one another tool wrote into) while
+`supervisor_states` are written through it, as another tool would (the CHECK
+constraints of the table behind it dropped first: this throwaway database stands for
+one another tool wrote into) while
 the daemon runs, and once more the daemon restarts over them.
 
 What must hold: the daemon never exits unless told to; every line gets its reply;
@@ -122,7 +123,7 @@ async def _corrupt_rows(w: Rig, count: int, seed: int) -> dict[uuid.UUID, str]:
     """Rows that break the rules, written as another tool would; each one's state."""
     for constraint in ("state", "progress", "restoration_count"):
         await w.db.execute(
-            f"ALTER TABLE supervisor_states DROP CONSTRAINT supervisor_states_{constraint}_check"
+            f"ALTER TABLE supervisors DROP CONSTRAINT supervisor_states_{constraint}_check"
         )
     made: dict[uuid.UUID, str] = {}
     drawn: list[dict[str, Any]] = fuzz.generate(fuzz.rows, count, seed)
