@@ -12,7 +12,12 @@ import contextlib
 import socket
 import struct
 from types import TracebackType
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from daemon.db.pool import SERVER_SETTINGS, init_connection
 
 
 class _Pair:
@@ -72,6 +77,15 @@ class ResettingProxy:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def pool(self) -> asyncpg.Pool[Any]:
+        """A pool of the daemon's kind (its codecs and session settings) through here."""
+        pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=4, init=init_connection,
+            server_settings=SERVER_SETTINGS,
+        )  # fmt: skip
+        assert pool is not None
+        return pool
 
     def reset_clients(self) -> int:
         """Reset every client connection now; how many were reset."""

@@ -18,7 +18,6 @@ import asyncpg
 import pytest
 
 from daemon import events
-from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.queue import PersistenceQueue
 from daemon.store import EventStore, Store
 from tests.factories import new_state
@@ -52,10 +51,7 @@ async def test_retry_of_a_commit_still_running_on_the_server_applies_it_once(
     watcher = await asyncpg.connect(dsn)
     locker = await asyncpg.connect(dsn)
     async with ResettingProxy(dsn) as proxy:
-        qpool = await asyncpg.create_pool(
-            proxy.dsn, min_size=1, max_size=4, init=init_connection,
-            server_settings=SERVER_SETTINGS,
-        )  # fmt: skip
+        qpool = await proxy.pool()
         queue = PersistenceQueue(EventStore(qpool), lanes=1, retry_initial_s=0.01)
         try:
             async with running(queue):

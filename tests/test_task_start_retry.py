@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 import asyncpg
 
-from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.runtime.outage import through_outage
 from daemon.store import Store, TaskChange, WorkStore
 from tests.factories import new_state
@@ -43,10 +42,7 @@ async def test_a_start_retried_after_a_lost_reply_is_the_callers_own(
     watcher = await asyncpg.connect(dsn)
     locker = await asyncpg.connect(dsn)
     async with ResettingProxy(dsn) as proxy:
-        qpool = await asyncpg.create_pool(
-            proxy.dsn, min_size=1, max_size=4, init=init_connection,
-            server_settings=SERVER_SETTINGS,
-        )  # fmt: skip
+        qpool = await proxy.pool()
         work = WorkStore(qpool)
         try:
             hold = locker.transaction()
