@@ -24,13 +24,12 @@ one future per critical event is the cheapest wake-up there is.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 from tenacity import (
@@ -44,7 +43,6 @@ from tenacity import (
 from daemon.batch import fold
 from daemon.config import Settings
 from daemon.errors import (
-    DaemonError,
     NotFoundError,
     PermanentDatabaseError,
     TransientDatabaseError,
@@ -59,101 +57,20 @@ log = get_logger()
 T = TypeVar("T")
 
 
-class QueueClosedError(DaemonError):
-    """The queue stopped taking events, or stopped before writing this one."""
+from daemon.queue_lanes import (  # noqa: E402 - the queue's parts, named here as before
+    DrainReport,
+    EventRejectedError,
+    Lane,
+    QueueClosedError,
+    QueueCounters,
+    SupervisorLostError,
+    set_exception,
+    set_result,
+    take_coalesced,
+)
 
-
-class EventRejectedError(DaemonError):
-    """The database refused this event (a constraint, an unknown supervisor)."""
-
-
-class SupervisorLostError(EventRejectedError):
-    """The supervisor is not this writer's any more: another daemon owns it under a newer
-    epoch, or it is gone. Its owner here stops driving it (see `on_lost`)."""
-
-
-@dataclasses.dataclass(slots=True)
-class QueueCounters:
-    """Counters readable in-process (later exported as metrics)."""
-
-    submitted: int = 0  # critical events accepted
-    coalesced: int = 0  # heartbeat/progress accepted
-    written: int = 0  # critical events committed and acknowledged
-    rejected: int = 0  # critical events failed by the database
-    abandoned: int = 0  # critical events never written (stop deadline)
-    batches: int = 0
-    batch_events_max: int = 0
-    flush_seconds_total: float = 0.0
-    flush_seconds_max: float = 0.0
-    retries: int = 0
-    backpressure_waits: int = 0
-
-    def snapshot(self, queued: int) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["queued"] = queued
-        data["batch_events_mean"] = self.written / self.batches if self.batches else 0.0
-        return data
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class DrainReport:
-    written: int
-    abandoned: int
-    seconds: float
-
-
-def _take_coalesced(lane: _Lane, count: int) -> list[tuple[int, Event]]:
-    """The heartbeat/progress entries that go with the lane's first `count` events.
-
-    An entry is newer than the events queued before it (its position) only. One that
-    arrived after the `count`-th event waits for the batch holding those events, its
-    position counted from there: written now, it would go before older events.
-    """
-    entries = lane.coalesced
-    if not lane.events:  # the batch holds every queued event (`count` were taken out)
-        lane.coalesced = {}
-        return list(entries.values())
-    taken: list[tuple[int, Event]] = []
-    kept: dict[uuid.UUID, tuple[int, Event]] = {}
-    for supervisor_id, (position, event) in entries.items():
-        if position <= count:
-            taken.append((position, event))
-        else:
-            kept[supervisor_id] = (position - count, event)
-    lane.coalesced = kept
-    return taken
-
-
-def _set_result(future: asyncio.Future[None]) -> None:
-    if not future.done():  # a cancelled submitter's event is still written
-        future.set_result(None)
-
-
-def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-class _Lane:
-    """One flusher's share of the supervisors: its own queue, written in order."""
-
-    __slots__ = ("coalesced", "events", "futures", "inflight", "parked", "wakeup")
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.futures: list[asyncio.Future[None]] = []
-        # supervisor id -> (position in `events` when it arrived, newest event)
-        self.coalesced: dict[uuid.UUID, tuple[int, Event]] = {}
-        self.wakeup = asyncio.Event()
-        # True while the flusher waits for work: only then does a submitter need to set
-        # `wakeup` (a method call per event otherwise).
-        self.parked = False
-        self.inflight: Sequence[asyncio.Future[None]] = ()
-
-    def wake(self) -> None:
-        if self.parked:
-            self.parked = False
-            self.wakeup.set()
+__all__ = ["DrainReport", "EventRejectedError", "PersistenceQueue", "QueueClosedError",
+           "QueueCounters", "SupervisorLostError"]  # fmt: skip
 
 
 class PersistenceQueue:
@@ -188,7 +105,7 @@ class PersistenceQueue:
         self._drain_timeout_s = drain_timeout_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._lanes = [_Lane() for _ in range(lanes)]
+        self._lanes = [Lane() for _ in range(lanes)]
         self._queued = 0  # critical events waiting, all lanes together
         self._space = asyncio.Event()
         self._space.set()
@@ -228,7 +145,7 @@ class PersistenceQueue:
     def queued(self) -> int:
         return self._queued
 
-    def _lane(self, supervisor_id: uuid.UUID) -> _Lane:
+    def _lane(self, supervisor_id: uuid.UUID) -> Lane:
         lanes = self._lanes
         return lanes[supervisor_id.int % len(lanes)]
 
@@ -301,7 +218,7 @@ class PersistenceQueue:
             for event, future in zip(lane.events, lane.futures, strict=True):
                 removed_before.append(removed)
                 if (event.supervisor_id, event.epoch) in wanted:
-                    _set_exception(future, error)
+                    set_exception(future, error)
                     removed += 1
                 else:
                     kept_events.append(event)
@@ -341,7 +258,7 @@ class PersistenceQueue:
             finally:
                 self._stopped.set()
 
-    async def _run_lane(self, lane: _Lane) -> None:
+    async def _run_lane(self, lane: Lane) -> None:
         while not (self._closed and not lane.events and not lane.coalesced):
             if not (lane.events or lane.coalesced or self._closed):
                 lane.parked = True
@@ -353,13 +270,13 @@ class PersistenceQueue:
             while lane.events or lane.coalesced:
                 await self._flush_once(lane)
 
-    async def _flush_once(self, lane: _Lane) -> None:
+    async def _flush_once(self, lane: Lane) -> None:
         count = min(len(lane.events), self._batch_size)
         events = lane.events[:count]
         futures = lane.futures[:count]
         del lane.events[:count]
         del lane.futures[:count]
-        coalesced = _take_coalesced(lane, count)
+        coalesced = take_coalesced(lane, count)
         self._queued -= count
         if not self._space.is_set() and self._queued < self._max_events:
             self._space.set()
@@ -423,7 +340,7 @@ class PersistenceQueue:
                 )
             else:
                 written += 1
-                _set_result(future)
+                set_result(future)
         self.counters.written += written
         for supervisor_id, epoch in lost.items():
             self.on_lost(supervisor_id, epoch)
@@ -437,7 +354,7 @@ class PersistenceQueue:
                 future.set_result(None)
         except asyncio.InvalidStateError:
             for future in futures:
-                _set_result(future)
+                set_result(future)
 
     def _reject(
         self, event: Event, future: asyncio.Future[None], exc: Exception, *, lost: bool = False
@@ -452,7 +369,7 @@ class PersistenceQueue:
             error=str(exc),
         )
         kind = SupervisorLostError if lost else EventRejectedError
-        _set_exception(future, kind(f"{event.kind.value} rejected: {exc}"))
+        set_exception(future, kind(f"{event.kind.value} rejected: {exc}"))
 
     async def _apply_with_retries(
         self, events: Sequence[Event], coalesced: Sequence[tuple[int, Event]]
@@ -590,7 +507,7 @@ class PersistenceQueue:
         for lane in self._lanes:
             pending = [f for f in (*lane.inflight, *lane.futures) if not f.done()]
             for future in pending:
-                _set_exception(future, error)
+                set_exception(future, error)
             critical += len(pending)
             coalesced += len(lane.coalesced)
             lane.events.clear()
