@@ -23,7 +23,8 @@ import dataclasses
 import json
 import math
 import sys
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import orjson
 
@@ -104,3 +105,53 @@ def issue_of(value: Any) -> str | None:
     if isinstance(value, RefusedList | RefusedDict | Unreadable):
         return value.issue
     return None
+
+
+class JsonTail(Sequence[Any]):
+    """The newest messages of a history as the database sent them - a JSON array,
+    newest first - decoded (oldest first) the first time something reads them.
+
+    Restoring thousands of supervisors builds no message objects that nobody reads:
+    decoding the tails was most of what a long history added to a restoration.
+    Compares equal to a tuple of the same messages.
+    """
+
+    __slots__ = ("_items", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text: str | None = text
+        self._items: tuple[Any, ...] = ()
+
+    def _loaded(self) -> tuple[Any, ...]:
+        if self._text is not None:
+            # The tolerant decoder: a message another tool wrote with a number no double
+            # holds (1e400) is read, not raised on when an agent first reads its tail.
+            items = decode(self._text)
+            messages = list(items) if isinstance(items, list) else []
+            messages.reverse()
+            self._items, self._text = tuple(messages), None
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._loaded()[index]
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._loaded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonTail | tuple | list):
+            return self._loaded() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._loaded())
+
+    def __repr__(self) -> str:
+        return f"JsonTail({self._loaded()!r})"

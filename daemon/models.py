@@ -12,11 +12,11 @@ import enum
 import types
 import typing
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from daemon import jsonvalues
+from daemon.jsonvalues import JsonTail
 
 if TYPE_CHECKING:
     import asyncpg
@@ -132,56 +132,6 @@ def _hints(cls: type) -> dict[str, Any]:
     if hints is None:
         hints = _HINTS[cls] = typing.get_type_hints(cls)
     return hints
-
-
-class JsonTail(Sequence[Any]):
-    """The newest messages of a history as the database sent them - a JSON array,
-    newest first - decoded (oldest first) the first time something reads them.
-
-    Restoring thousands of supervisors builds no message objects that nobody reads:
-    decoding the tails was most of what a long history added to a restoration.
-    Compares equal to a tuple of the same messages.
-    """
-
-    __slots__ = ("_items", "_text")
-
-    def __init__(self, text: str) -> None:
-        self._text: str | None = text
-        self._items: tuple[Any, ...] = ()
-
-    def _loaded(self) -> tuple[Any, ...]:
-        if self._text is not None:
-            # The tolerant decoder: a message another tool wrote with a number no double
-            # holds (1e400) is read, not raised on when an agent first reads its tail.
-            items = jsonvalues.decode(self._text)
-            messages = list(items) if isinstance(items, list) else []
-            messages.reverse()
-            self._items, self._text = tuple(messages), None
-        return self._items
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
-    def __getitem__(self, index: int | slice) -> Any:
-        return self._loaded()[index]
-
-    def __len__(self) -> int:
-        return len(self._loaded())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._loaded())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, JsonTail | tuple | list):
-            return self._loaded() == tuple(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._loaded())
-
-    def __repr__(self) -> str:
-        return f"JsonTail({self._loaded()!r})"
 
 
 def _encode(value: Any) -> Any:

@@ -26,11 +26,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.jsonvalues import issue_of
+from daemon.jsonvalues import JsonTail, issue_of
 from daemon.models import (
     FINISHED_TASK_STATES,
     PHASES,
-    JsonTail,
     PendingQuestion,
     RestorationSource,
     StateRecoveryAction,

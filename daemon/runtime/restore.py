@@ -27,8 +27,9 @@ import anyio.abc
 import asyncpg
 
 from daemon.errors import ConflictError, DaemonError
+from daemon.jsonvalues import JsonTail
 from daemon.logs import get_logger
-from daemon.models import JsonTail, RestorationSource, StateRecoveryAction
+from daemon.models import RestorationSource, StateRecoveryAction
 from daemon.restoration import (
     CrashLoopGuard,
     RestorationInput,

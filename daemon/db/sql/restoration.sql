@@ -89,7 +89,7 @@ RETURNING s.owner_epoch, s.contract_id, p.owner_daemon_id AS previous_owner,
 -- The rows of some supervisors with the newest $2 messages of each (the text of a JSON array, NEWEST FIRST; NULL when none) and the database's clock
 -- A backward scan of the primary key per supervisor: as cheap with 20,000 messages as
 -- with 20. The messages are aggregated in the order the scan yields them (newest
--- first; models.JsonTail reverses them): sorting them again here cost as much as the
+-- first; jsonvalues.JsonTail reverses them): sorting them again here cost as much as the
 -- scan itself. Sent as text, which the client decodes only if something reads it.
 SELECT s.*, now() AS db_now, s.message_seq AS history_length,
        (SELECT json_agg(t.message)
