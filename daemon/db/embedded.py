@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from daemon.config import ensure_data_dir
+from daemon.datadir import ensure_data_dir
 from daemon.errors import ConfigError, DaemonError, DatabaseUnavailableError
 from daemon.logs import get_logger
 
