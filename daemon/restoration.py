@@ -36,14 +36,9 @@ from daemon.models import (
     StateValidationResult,
     SupervisorRestorationContext,
     SupervisorStateKind,
-    TaskStatus,
 )
-
-_STATES = frozenset(SupervisorStateKind)
-_PHASES = frozenset(PHASES)
-_LIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
-_NEEDS_ERROR = frozenset({SupervisorStateKind.FAILED, SupervisorStateKind.BLOCKED})
-_JSON_COLUMNS = ("conversation_history", "pending_questions")
+from daemon.restoration_context import context_message
+from daemon.validation import LIVE, STATES, unreadable, validate
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,75 +91,6 @@ class RestorationOutcome:
 # -- validation -------------------------------------------------------------------------
 
 
-def _uuid_list(value: Any, name: str, issues: list[str]) -> list[uuid.UUID]:
-    if not isinstance(value, list | tuple):
-        issues.append(f"{name} is not an array")
-        return []
-    out: list[uuid.UUID] = []
-    for item in value:
-        try:
-            out.append(item if isinstance(item, uuid.UUID) else uuid.UUID(str(item)))
-        except ValueError:
-            issues.append(f"{name} holds {item!r}, not a task id")
-    return out
-
-
-def _questions(value: Any, issues: list[str]) -> list[PendingQuestion]:
-    if not isinstance(value, list):
-        issues.append(f"pending_questions is not a JSON array ({type(value).__name__})")
-        return []
-    parsed = []
-    for n, item in enumerate(value):
-        try:
-            parsed.append(PendingQuestion.from_json(item))
-        except (ValueError, TypeError) as exc:
-            issues.append(f"pending question {n} does not parse: {exc}")
-    return parsed
-
-
-def unreadable(row: Mapping[str, Any]) -> list[str]:
-    """The JSON columns of a row the decoder refused, each with what it refused."""
-    return [
-        f"{column} holds {issue}"
-        for column in _JSON_COLUMNS
-        if (issue := issue_of(row.get(column))) is not None
-    ]
-
-
-def validate(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[str]:
-    """Every problem with a stored state, named; empty when the state is valid."""
-    issues = unreadable(row)
-    state = row.get("state")
-    if state not in _STATES:
-        issues.append(f"unknown state {state!r}")
-    phase = row.get("phase")
-    if phase not in _PHASES:
-        issues.append(f"unknown phase {phase!r}")
-    progress = row.get("progress")
-    if isinstance(progress, bool) or not isinstance(progress, int) or not 0 <= progress <= 100:
-        issues.append(f"progress {progress!r} is outside 0-100")
-    if state in _NEEDS_ERROR and not row.get("error_message"):
-        issues.append(f"state {state} has no error message")
-    questions = _questions(row.get("pending_questions"), issues)
-    if state == SupervisorStateKind.WAITING_FOR_USER and not questions:
-        issues.append("waiting_for_user with no pending question")
-    if not isinstance(row.get("conversation_history"), list | JsonTail):
-        issues.append("conversation_history is not a JSON array")
-    spawned = _uuid_list(row.get("spawned_task_ids"), "spawned_task_ids", issues)
-    awaited = _uuid_list(row.get("pending_task_ids"), "pending_task_ids", issues)
-    spawned_set = set(spawned)
-    not_spawned = [t for t in awaited if t not in spawned_set]
-    if not_spawned:
-        issues.append(f"awaited tasks not spawned: {', '.join(map(str, not_spawned[:5]))}")
-    missing = [t for t in spawned if t not in tasks]
-    if missing:
-        issues.append(f"spawned tasks that do not exist: {', '.join(map(str, missing[:5]))}")
-    return issues
-
-
-# -- the decision ---------------------------------------------------------------------
-
-
 _SNAPSHOT_FIELDS = (
     "state", "phase", "progress", "error_message", "current_activity",
     "pending_questions", "pending_task_ids",
@@ -184,7 +110,7 @@ def _fresh(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _live_tasks(row: Mapping[str, Any], tasks: Mapping[uuid.UUID, str]) -> list[uuid.UUID]:
     """Tasks of this supervisor still pending or running: work a fresh start would lose."""
-    return [task_id for task_id, status in tasks.items() if status in _LIVE]
+    return [task_id for task_id, status in tasks.items() if status in LIVE]
 
 
 def _in_crash_loop(item: RestorationInput, guard: CrashLoopGuard) -> int | None:
@@ -204,7 +130,7 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
     row = item.row
     sid = row["id"]
     warnings: list[str] = []
-    previous_state = row.get("state") if row.get("state") in _STATES else None
+    previous_state = row.get("state") if row.get("state") in STATES else None
 
     loops = _in_crash_loop(item, guard)
     if loops is not None:
@@ -476,7 +402,7 @@ def _parked(
     validation = StateValidationResult(is_valid=False, issues=tuple(issues), recovery_action=action)
     context = SupervisorRestorationContext(
         success=False,
-        previous_state=SupervisorStateKind(previous) if previous in _STATES else None,
+        previous_state=SupervisorStateKind(previous) if previous in STATES else None,
         restoration_count=int(item.row.get("restoration_count") or 0),
         restoration_context_message=f"Supervisor {sid} was parked for an operator: {reason}",
         warnings=(reason,),
@@ -507,76 +433,3 @@ def plan_safely(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOut
 
 
 # -- the message for the agent ------------------------------------------------------------
-
-
-_WHY = {
-    RestorationSource.DAEMON_RESTART: "the daemon restarted",
-    RestorationSource.TASK_REASSIGNMENT: "the daemon that ran you stopped answering and "
-    "another took over",
-    RestorationSource.MANUAL: "an operator asked for it",
-}
-_HOW = {
-    StateRecoveryAction.PROCEED: "Your saved state was valid and is restored as it was.",
-    StateRecoveryAction.USE_CHECKPOINT: "Your saved state was invalid; you resume from the "
-    "last valid checkpoint, so work after it may be missing.",
-    StateRecoveryAction.START_FRESH: "Your saved state was invalid and no checkpoint was "
-    "usable; you start fresh from the first phase.",
-    StateRecoveryAction.MANUAL_INTERVENTION: "You were parked for an operator.",
-}
-
-
-def context_message(
-    *,
-    supervisor_id: uuid.UUID,
-    source: RestorationSource,
-    count: int,
-    previous_state: str | None,
-    state: str,
-    phase: str,
-    progress: int,
-    last_activity: str | None,
-    action: StateRecoveryAction,
-    pending: Sequence[PendingQuestion],
-    answered: Sequence[tuple[PendingQuestion, Mapping[str, Any]]],
-    awaited: Mapping[uuid.UUID, str],
-    warnings: Sequence[str],
-    issues: Sequence[str],
-) -> str:
-    """Plain text an LLM agent can act on; stable layout (golden-file tested)."""
-    times = "time" if count == 1 else "times"
-    lines = [
-        f"You are supervisor {supervisor_id}, restored because {_WHY[source]}.",
-        f"This is restoration number {count} ({count} {times} in total).",
-        _HOW[action],
-        "",
-        f"State: {state} (before: {previous_state or 'unknown'})",
-        f"Phase: {phase}",
-        f"Progress: {progress}%",
-        f"Last activity: {last_activity or 'none recorded'}",
-    ]
-    if issues:
-        lines += ["", "Problems found in the saved state:"]
-        lines += [f"- {issue}" for issue in issues]
-    lines += ["", f"Questions still waiting for an answer ({len(pending)}):"]
-    if pending:
-        for q in pending:
-            choices = f" Choices: {', '.join(q.choices)}." if q.choices else ""
-            lines.append(f"- [{q.id}] ({q.question_type.value}) {q.question}{choices}")
-        lines.append("They have been delivered again; wait for their answers.")
-    else:
-        lines.append("- none")
-    if answered:
-        lines += ["", "Answers that arrived while you were down (already applied):"]
-        lines += [f"- [{q.id}] {q.question} -> {a['answer']}" for q, a in answered]
-    lines += ["", f"Tasks you were waiting for ({len(awaited)}):"]
-    if awaited:
-        for task_id, status in awaited.items():
-            note = " (finished while you were down)" if status in FINISHED_TASK_STATES else ""
-            lines.append(f"- {task_id}: {status}{note}")
-    else:
-        lines.append("- none")
-    if warnings:
-        lines += ["", "Warnings:"]
-        lines += [f"- {w}" for w in warnings]
-    lines += ["", "Resume from this state."]
-    return "\n".join(lines) + "\n"

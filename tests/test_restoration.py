@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from daemon import restoration
+from daemon import restoration, restoration_context, validation
 from daemon.models import (
     PendingQuestion,
     QuestionType,
@@ -80,18 +80,18 @@ def _valid_row(**changes: Any) -> dict[str, Any]:
     ],
 )
 def test_each_validation_rule_names_its_issue(changes: dict[str, Any], issue: str) -> None:
-    issues = restoration.validate(_valid_row(**changes), tasks={})
+    issues = validation.validate(_valid_row(**changes), tasks={})
     assert any(issue in found for found in issues), issues
 
 
 def test_a_valid_row_has_no_issues() -> None:
     task = uuid.uuid4()
     row = _valid_row(spawned_task_ids=[task], pending_task_ids=[task])
-    assert restoration.validate(row, tasks={task: "running"}) == []
+    assert validation.validate(row, tasks={task: "running"}) == []
 
 
 def test_every_problem_is_named_not_just_the_first() -> None:
-    issues = restoration.validate(_valid_row(state="nope", phase="nope", progress=500), {})
+    issues = validation.validate(_valid_row(state="nope", phase="nope", progress=500), {})
     assert len(issues) == 3
 
 
@@ -358,7 +358,7 @@ def test_context_message_matches_golden_file() -> None:
         asked_at=asked,
     )
     answered = PendingQuestion(id=uuid.UUID(int=12), question="Which database?", asked_at=asked)
-    message = restoration.context_message(
+    message = restoration_context.context_message(
         supervisor_id=uuid.UUID(int=1), source=RestorationSource.DAEMON_RESTART, count=3,
         previous_state="waiting_for_user", state="waiting_for_user", phase="plan",
         progress=35, last_activity="drafting the plan",

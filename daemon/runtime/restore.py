@@ -35,10 +35,10 @@ from daemon.restoration import (
     RestorationInput,
     RestorationOutcome,
     plan_safely,
-    validate,
 )
 from daemon.runtime.delivery import log_delivered, notify_body
 from daemon.store import RestorationStore
+from daemon.validation import validate
 
 log = get_logger()
 CHUNK = 2_000
