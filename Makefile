@@ -21,7 +21,7 @@ web: $(STAMP)
 
 # The README's pictures of the web page, taken by the browser test's own run.
 screenshots: $(STAMP)
-	SCREENSHOTS_DIR=docs $(BIN)/pytest tests/test_web_browser.py -k live_inbox
+	SCREENSHOTS_DIR=docs $(BIN)/pytest tests/acceptance/test_web_browser.py -k live_inbox
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests bench

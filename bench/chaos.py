@@ -19,7 +19,7 @@ Usage (from the repository root):
                           [--max-seconds 1800]
 It prints one JSON object: rounds, violations (there must be none), takeover times
 (from a SIGKILL, and from a pause past the lease), claim-round and restoration times
-read from the daemons' logs. tests/test_chaos.py runs a short version in `make test`.
+read from the daemons' logs. tests/acceptance/test_chaos.py runs a short version in `make test`.
 """
 
 from __future__ import annotations

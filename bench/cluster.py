@@ -1,5 +1,5 @@
 """Real daemon processes on one database, the agents that drive their supervisors, and
-the checks that must hold whatever is done to them (bench/chaos.py, tests/test_chaos.py).
+the checks that must hold whatever is done to them (bench/chaos.py, tests/acceptance/test_chaos.py).
 
 A daemon's log goes to a file, never a pipe (a pipe nobody reads would stall it). The
 agent is a shell script speaking the agent protocol: it appends numbered messages,

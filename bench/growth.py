@@ -40,15 +40,15 @@ import asyncpg
 from bench._setup import ServerCpu, fresh_database, machine, open_pool, run
 from bench.persistence import percentile
 from bench.scale import rss_kib
-from daemon import events
-from daemon.queue import PersistenceQueue
-from daemon.restoration import CrashLoopGuard
-from daemon.runtime.delivery import Delivery
+from daemon.persistence import events
+from daemon.persistence.queue import PersistenceQueue
+from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.run import restore_all
 from daemon.runtime.host import Host
-from daemon.runtime.hub import Hub
-from daemon.runtime.restore import restore_all
-from daemon.runtime.tasks import TaskRunner
 from daemon.store import DaemonRegistry, EventStore, WorkStore
+from daemon.work.delivery import Delivery
+from daemon.work.hub import Hub
+from daemon.work.tasks import TaskRunner
 
 HISTORY_SIZES = (20, 2_000, 20_000)
 # Restored once per round: the crash-loop guard must not park them.

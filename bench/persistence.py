@@ -48,11 +48,11 @@ from bench._setup import (
     open_pool,
     run,
 )
-from daemon import events
-from daemon.events import Event
 from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind
-from daemon.queue import PersistenceQueue
-from daemon.runtime.gc_tuning import throughput_mode
+from daemon.ops.gc_tuning import throughput_mode
+from daemon.persistence import events
+from daemon.persistence.events import Event
+from daemon.persistence.queue import PersistenceQueue
 from daemon.store import EventStore
 
 KINDS = ["task", "ask", "answer", "phase", "activity", "state", "message"]

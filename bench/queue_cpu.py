@@ -24,10 +24,10 @@ import anyio
 
 from bench._setup import machine, run
 from bench.persistence import Workload
-from daemon import events
-from daemon.batch import Batch, fold
-from daemon.queue import PersistenceQueue
-from daemon.runtime.gc_tuning import throughput_mode
+from daemon.ops.gc_tuning import throughput_mode
+from daemon.persistence import events
+from daemon.persistence.fold import Batch, fold
+from daemon.persistence.queue import PersistenceQueue
 
 
 class EncodingStore:

@@ -28,7 +28,7 @@ import asyncpg
 from bench._setup import history, machine, open_pool, run
 from daemon.db import embedded, migrations
 from daemon.db.database import ensure_database
-from daemon.runtime.restore import restore_all
+from daemon.restoration.run import restore_all
 from daemon.store import DaemonRegistry
 
 # Server-side generation: fast for 100,000 rows, and the same shape for every N.

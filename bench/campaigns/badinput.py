@@ -35,7 +35,7 @@ import anyio
 from bench.campaigns import fuzz
 from bench.campaigns.cluster import ROOT, Server, until
 from bench.campaigns.rig import Rig, rig
-from daemon import cli
+from daemon.cli import commands as cli
 from daemon.services import Services
 
 STALL_S = 30.0  # no reply to a line for this long: the line hangs its agent

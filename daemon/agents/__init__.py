@@ -1,6 +1,7 @@
 """Agents that ship with the daemon (the demo) and how an agent spec is resolved.
 
-An agent is an async callable taking a `daemon.runtime.supervisor.Supervisor`. A
+An agent is an async callable taking a `daemon.agents.supervisor.Supervisor` (the
+in-process API); `daemon.agents.command` serves the same API to a process over JSON lines. A
 supervisor's `agent` column names it as `module:callable`, or by a short alias.
 """
 
@@ -9,9 +10,11 @@ from __future__ import annotations
 import importlib
 import shlex
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-Agent = Callable[[Any], Awaitable[None]]
+from daemon.agents.command import CommandAgent
+from daemon.agents.supervisor import Supervisor
+
+Agent = Callable[[Supervisor], Awaitable[None]]
 ALIASES = {"demo": "daemon.agents.demo:run"}
 
 
@@ -22,8 +25,6 @@ def resolve(spec: str) -> Agent:
     supervisor, speaking JSON lines on stdin/stdout.
     """
     if spec.startswith("cmd:"):
-        from daemon.runtime.command_agent import CommandAgent  # noqa: PLC0415 - cycle
-
         argv = shlex.split(spec[4:])
         if not argv:
             raise ValueError("agent 'cmd:' names no command")

@@ -8,8 +8,8 @@ pending question is waited for, not asked again.
 
 from __future__ import annotations
 
+from daemon.agents.supervisor import Supervisor
 from daemon.models import QuestionType, SupervisorStateKind
-from daemon.runtime.supervisor import Supervisor
 
 TASKS = (
     {"command": "echo building; sleep 1; echo built"},

@@ -1,1 +1,1 @@
-"""The running daemon: lifecycle, supervisors, agents, delivery."""
+"""The running daemon: its lifecycle, supervisor hosting, leases and retention."""

@@ -24,21 +24,21 @@ import anyio.abc
 import asyncpg
 
 from daemon import agents
+from daemon.agents.supervisor import Supervisor
+from daemon.db.outage import sleep_out
 from daemon.errors import TransientDatabaseError
 from daemon.logs import get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
-from daemon.queue import (
+from daemon.persistence.queue import (
     EventRejectedError,
     PersistenceQueue,
     QueueClosedError,
     SupervisorLostError,
 )
-from daemon.runtime.delivery import Delivery
-from daemon.runtime.hub import Hub
-from daemon.runtime.outage import sleep_out
-from daemon.runtime.supervisor import Supervisor
-from daemon.runtime.tasks import TaskRunner
 from daemon.store import Store, WorkStore
+from daemon.work.delivery import Delivery
+from daemon.work.hub import Hub
+from daemon.work.tasks import TaskRunner
 
 log = get_logger()
 

@@ -21,24 +21,26 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
-from daemon import __version__, systemd
+from daemon import __version__
 from daemon.config import Settings, resolve_daemon_id
 from daemon.db import embedded, migrations
 from daemon.db.database import Database, open_database
 from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, DaemonIdInUseError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
-from daemon.queue import PersistenceQueue
-from daemon.restoration import CrashLoopGuard, RestorationOutcome
-from daemon.runtime import environment, metrics, retention, watchdog
-from daemon.runtime.delivery import Delivery
-from daemon.runtime.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
+from daemon.ops import metrics, systemd, watchdog
+from daemon.ops.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
+from daemon.persistence.queue import PersistenceQueue
+from daemon.restoration.plan import CrashLoopGuard, RestorationOutcome
+from daemon.restoration.run import RestorationSummary, restore_all
+from daemon.runtime import retention
 from daemon.runtime.host import Host
-from daemon.runtime.hub import Hub
 from daemon.runtime.lease import LeaseKeeper, LeaseTiming, Registration
-from daemon.runtime.restore import RestorationSummary, restore_all
-from daemon.runtime.tasks import TaskRunner
 from daemon.store import DaemonRegistry, EventStore, MetricsStore, Store, WorkStore
+from daemon.work import environment
+from daemon.work.delivery import Delivery
+from daemon.work.hub import Hub
+from daemon.work.tasks import TaskRunner
 
 E = TypeVar("E", bound=BaseException)
 

@@ -2,8 +2,8 @@
 
 Answer a question, finish a task, create, restore, list and show supervisors, read a
 journal or a conversation. Each takes ids as people type them (a whole UUID or a
-unique prefix), checks the rules, writes through the stores in daemon/store.py, reads
-through daemon/store_people.py, and raises the daemon's own errors: NotFoundError,
+unique prefix), checks the rules, writes through the stores in daemon/store/, reads
+through daemon/store/people.py, and raises the daemon's own errors: NotFoundError,
 ConflictError, BadChoiceError, AmbiguousIdError. It never prints and never renders:
 an interface turns results and errors into text, HTML or JSON.
 """
@@ -29,6 +29,7 @@ from daemon.models import (
     SupervisorTask,
     TaskStatus,
 )
+from daemon.restoration.run import restore_manually
 from daemon.services.ids import TypedId, parse_id
 from daemon.services.views import (
     AnswerReceipt,
@@ -38,10 +39,10 @@ from daemon.services.views import (
     SupervisorPage,
 )
 from daemon.store import EventStore, Store, WorkStore
-from daemon.store_people import PeopleStore
+from daemon.store.people import PeopleStore
 
 if TYPE_CHECKING:
-    from daemon.restoration import CrashLoopGuard, RestorationOutcome
+    from daemon.restoration.plan import CrashLoopGuard, RestorationOutcome
 
 __all__ = [
     "AnswerReceipt",
@@ -171,8 +172,6 @@ class Services:
     async def restore(self, supervisor: Id) -> RestorationOutcome:
         """An operator's restoration (source `manual`): unparks a blocked supervisor.
         The outcome carries the restoration context its agent is given."""
-        from daemon.runtime.restore import restore_manually  # noqa: PLC0415 - the I/O half
-
         supervisor_id = await self.supervisor_id(supervisor)
         outcome = await restore_manually(self._pool, supervisor_id, guard=self._guard)
         if outcome is None:

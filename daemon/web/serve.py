@@ -24,7 +24,7 @@ from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
-from daemon.restoration import CrashLoopGuard
+from daemon.restoration.plan import CrashLoopGuard
 from daemon.services import Services
 from daemon.web.app import create_app
 from daemon.web.live import Live

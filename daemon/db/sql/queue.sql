@@ -1,5 +1,5 @@
 -- apply_batch --
--- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/batch.py), $2 their ids, $3 their journal segments (JSON texts, in the same order); returns the supervisors it left untouched (missing, fenced by another owner's epoch, or already holding this batch), or NULL when it updated them all
+-- Apply a folded batch in one statement, so one implicit transaction; $1 is a JSON array with one row per supervisor (see daemon/persistence/fold.py), $2 their ids, $3 their journal segments (JSON texts, in the same order); returns the supervisors it left untouched (missing, fenced by another owner's epoch, or already holding this batch), or NULL when it updated them all
 -- The nested values are read as json, which copies their text, not as jsonb, which
 -- would parse each into a tree, print it and parse it again; each is parsed once
 -- where it is used. The journal segments are not in the document at all: ROWS FROM

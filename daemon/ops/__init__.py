@@ -1,0 +1,1 @@
+"""The daemon as a service: systemd notify, the watchdog, metrics and GC tuning."""

@@ -1,0 +1,520 @@
+"""The persistence queue: every save point of a running supervisor goes through here.
+
+Contract (SPEC.md, "Durability contract"):
+- `submit` of a critical event returns only after the transaction holding it committed;
+  heartbeat and progress return at once and are coalesced (newest per supervisor).
+- One flusher writes everything queued (up to a batch size) with one set-based
+  statement, which is one implicit transaction: group commit. Batches are written one
+  after the other, so per-supervisor order holds.
+- Transient failures are retried with exponential backoff and jitter, for as long as
+  the daemon runs. The batch statement compares each supervisor's newest applied event
+  with the batch's under the row lock, so a retry never applies a batch twice, even
+  when the failed attempt's commit is still running on the server (a connection cut
+  by the network while the server goes on).
+- A permanent failure is bisected until the bad event is alone: it fails its submitter,
+  the rest of the batch commits.
+- The queue is bounded; a full queue makes submitters wait. Nothing accepted is dropped.
+- `drain` stops intake and writes what is queued within a deadline, shielded from
+  cancellation; what it could not write was never acknowledged and is logged.
+
+The queue runs on anyio's asyncio backend and uses asyncio futures for acknowledgements:
+one future per critical event is the cheapest wake-up there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import TypeVar
+
+import anyio
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from daemon.config import Settings
+from daemon.db import outage
+from daemon.errors import (
+    NotFoundError,
+    PermanentDatabaseError,
+    TransientDatabaseError,
+)
+from daemon.logs import get_logger
+from daemon.persistence.events import Event
+from daemon.persistence.fold import fold
+from daemon.store import EventStore
+
+log = get_logger()
+
+T = TypeVar("T")
+
+
+from daemon.persistence.lanes import (  # noqa: E402 - the queue's parts, named here as before
+    DrainReport,
+    EventRejectedError,
+    Lane,
+    QueueClosedError,
+    QueueCounters,
+    SupervisorLostError,
+    set_exception,
+    set_result,
+    take_coalesced,
+)
+
+__all__ = ["DrainReport", "EventRejectedError", "PersistenceQueue", "QueueClosedError",
+           "QueueCounters", "SupervisorLostError"]  # fmt: skip
+
+
+class PersistenceQueue:
+    """Group commit for save points. See the module docstring for the contract.
+
+    Supervisors are spread over `lanes` flushers by id; each lane writes its batches
+    one after the other (per-supervisor order), and lanes write concurrently on their
+    own connections, so encoding one batch overlaps with the database writing another.
+    Lanes never share a supervisor, so their transactions never touch the same rows.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_events: int = 100_000,
+        batch_size: int = 5_000,
+        flush_delay_s: float = 0.0,
+        drain_timeout_s: float = 10.0,
+        lanes: int = 2,
+        retry_initial_s: float = 0.05,
+        # Short: a flusher's retry is one statement (or a refused connection) per lane,
+        # and the first that gets through wakes every supervisor waiting out the outage.
+        retry_max_s: float = 0.5,
+    ) -> None:
+        if lanes < 1:
+            raise ValueError("a queue needs at least one lane")
+        self._store = store
+        self._max_events = max_events
+        self._batch_size = batch_size
+        self._flush_delay_s = flush_delay_s
+        self._drain_timeout_s = drain_timeout_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._lanes = [Lane() for _ in range(lanes)]
+        self._queued = 0  # critical events waiting, all lanes together
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closed = False
+        self._stopped = asyncio.Event()
+        self._scope: anyio.CancelScope | None = None
+        # The loop `run` runs on. Looked up once: on Python 3.11 every
+        # asyncio.get_running_loop() call makes a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # When each database call under way began (the watchdog asks for the oldest).
+        self._calls: dict[int, float] = {}
+        self._call_ids = itertools.count()
+        self.counters = QueueCounters()
+        # Set by the running daemon. `on_flush(seconds, events)` is called once per batch
+        # (never per event: this is the hot path) for the metrics' histograms;
+        # `contract_of` names a supervisor's contract in the log line of a rejected event.
+        self.on_flush: Callable[[float, int], None] | None = None
+        self.contract_of: Callable[[uuid.UUID], uuid.UUID | None] = lambda _: None
+        # Told of each supervisor a write was refused for (fenced by a newer epoch, or
+        # gone), with the epoch the refused events named: the host stops that supervisor.
+        self.on_lost: Callable[[uuid.UUID, int | None], object] = lambda _sid, _epoch: None
+
+    @classmethod
+    def from_settings(cls, store: EventStore, settings: Settings) -> PersistenceQueue:
+        return cls(
+            store,
+            max_events=settings.queue_max_events,
+            batch_size=settings.queue_batch_size,
+            flush_delay_s=settings.queue_flush_delay_ms / 1000,
+            drain_timeout_s=settings.drain_timeout_s,
+            lanes=settings.queue_lanes,
+        )
+
+    # -- intake -------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def _lane(self, supervisor_id: uuid.UUID) -> Lane:
+        lanes = self._lanes
+        return lanes[supervisor_id.int % len(lanes)]
+
+    async def submit(self, event: Event) -> None:
+        """Queue `event`; for a critical one, return once it is committed.
+
+        Raises EventRejectedError when the database refuses the event, QueueClosedError
+        when the queue stopped first. Cancelling the caller does not withdraw the event.
+        """
+        if not event.critical:
+            self.submit_nowait(event)
+            return
+        if self._closed:
+            raise QueueClosedError("the persistence queue is stopped")
+        while self._queued >= self._max_events:
+            self.counters.backpressure_waits += 1
+            self._space.clear()
+            await self._space.wait()
+            if self._closed:
+                raise QueueClosedError("the persistence queue is stopped")
+        lane = self._lane(event.supervisor_id)
+        future: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
+        lane.events.append(event)
+        lane.futures.append(future)
+        self._queued += 1
+        self.counters.submitted += 1
+        if lane.parked:
+            lane.wake()
+        await future
+
+    def submit_nowait(self, event: Event) -> None:
+        """Queue a heartbeat or progress event (never waits, never fails on a full queue).
+
+        Only the newest per supervisor is kept until the next flush, so this needs no
+        bound beyond the number of supervisors.
+        """
+        if event.critical:
+            raise ValueError(f"{event.kind.value} is critical: use `await submit(...)`")
+        if self._closed:
+            raise QueueClosedError("the persistence queue is stopped")
+        lane = self._lane(event.supervisor_id)
+        lane.coalesced[event.supervisor_id] = (len(lane.events), event)
+        self.counters.coalesced += 1
+        if lane.parked:
+            lane.wake()
+
+    def withdraw(self, lost: Collection[tuple[uuid.UUID, int | None]]) -> int:
+        """Take the queued, unwritten events of supervisors this daemon stopped driving
+        (supervisor id, epoch) out of the queue, failing their submitters with
+        SupervisorLostError; how many critical events. None was acknowledged, and written
+        later they would share a batch (one row, one epoch) with the events of a newer
+        epoch of the same supervisor, after a claim here."""
+        if not lost:
+            return 0
+        wanted = set(lost)
+        error = SupervisorLostError("this daemon no longer owns the supervisor")
+        withdrawn = 0
+        for lane in self._lanes:
+            if not any((e.supervisor_id, e.epoch) in wanted for e in lane.events):
+                for sid, (_position, event) in list(lane.coalesced.items()):
+                    if (sid, event.epoch) in wanted:
+                        del lane.coalesced[sid]
+                continue
+            kept_events: list[Event] = []
+            kept_futures: list[asyncio.Future[None]] = []
+            # A coalesced entry's position counts the events queued before it: it moves
+            # down by the number withdrawn before it.
+            removed_before: list[int] = []
+            removed = 0
+            for event, future in zip(lane.events, lane.futures, strict=True):
+                removed_before.append(removed)
+                if (event.supervisor_id, event.epoch) in wanted:
+                    set_exception(future, error)
+                    removed += 1
+                else:
+                    kept_events.append(event)
+                    kept_futures.append(future)
+            removed_before.append(removed)
+            withdrawn += removed
+            lane.events, lane.futures = kept_events, kept_futures
+            lane.coalesced = {
+                sid: (position - removed_before[position], event)
+                for sid, (position, event) in lane.coalesced.items()
+                if (sid, event.epoch) not in wanted
+            }
+        self._queued -= withdrawn
+        self.counters.rejected += withdrawn
+        if not self._space.is_set() and self._queued < self._max_events:
+            self._space.set()
+        return withdrawn
+
+    # -- the flushers -------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The flushers. Start it in a task group; it returns once drained."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as tg:
+                    for lane in self._lanes:
+                        tg.start_soon(self._run_lane, lane)
+                    task_status.started()
+        finally:
+            self._abandon_rest()
+            try:
+                await self._store.close()  # shielded inside
+            finally:
+                self._stopped.set()
+
+    async def _run_lane(self, lane: Lane) -> None:
+        while not (self._closed and not lane.events and not lane.coalesced):
+            if not (lane.events or lane.coalesced or self._closed):
+                lane.parked = True
+                await lane.wakeup.wait()
+                lane.wakeup.clear()
+                lane.parked = False
+            if self._flush_delay_s and not self._closed:
+                await anyio.sleep(self._flush_delay_s)
+            while lane.events or lane.coalesced:
+                await self._flush_once(lane)
+
+    async def _flush_once(self, lane: Lane) -> None:
+        count = min(len(lane.events), self._batch_size)
+        events = lane.events[:count]
+        futures = lane.futures[:count]
+        del lane.events[:count]
+        del lane.futures[:count]
+        coalesced = take_coalesced(lane, count)
+        self._queued -= count
+        if not self._space.is_set() and self._queued < self._max_events:
+            self._space.set()
+        started = time.perf_counter()
+        lane.inflight = futures
+        await self._write(events, futures, coalesced)
+        lane.inflight = ()
+        elapsed = time.perf_counter() - started
+        counters = self.counters
+        counters.batches += 1
+        counters.flush_seconds_total += elapsed
+        counters.flush_seconds_max = max(counters.flush_seconds_max, elapsed)
+        counters.batch_events_max = max(counters.batch_events_max, count)
+        if self.on_flush is not None:
+            self.on_flush(elapsed, count + len(coalesced))
+
+    async def _write(
+        self,
+        events: Sequence[Event],
+        futures: Sequence[asyncio.Future[None]],
+        coalesced: Sequence[tuple[int, Event]],
+    ) -> None:
+        """Write one batch; on a permanent error, split it until the bad event is alone."""
+        try:
+            missing = await self._apply_with_retries(events, coalesced)
+        except (PermanentDatabaseError, TypeError, ValueError) as exc:
+            # TypeError/ValueError: an event that cannot be encoded; also fails alone.
+            if not events:
+                log.error("queue.coalesced_dropped", count=len(coalesced), error=str(exc))
+                return
+            if len(events) == 1:
+                self._reject(events[0], futures[0], exc)
+                if coalesced:  # newer than the refused event: written on their own
+                    await self._write((), (), coalesced)
+                return
+            # Each coalesced entry goes with the half whose events it is newer than, so a
+            # report is never written before an older event (progress never goes back).
+            half = len(events) // 2
+            first = [(position, e) for position, e in coalesced if position <= half]
+            second = [(position - half, e) for position, e in coalesced if position > half]
+            await self._write(events[:half], futures[:half], first)
+            await self._write(events[half:], futures[half:], second)
+            return
+        if not missing:  # the common case: every event written
+            self._acknowledge(futures)
+            self.counters.written += len(futures)
+            return
+        written = 0
+        lost: dict[uuid.UUID, int | None] = {}
+        for event, future in zip(events, futures, strict=True):
+            if event.supervisor_id in missing:
+                lost.setdefault(event.supervisor_id, event.epoch)
+                self._reject(
+                    event,
+                    future,
+                    NotFoundError(
+                        f"supervisor {event.supervisor_id} does not exist or is owned by another"
+                        " daemon (epoch mismatch)"
+                    ),
+                    lost=True,
+                )
+            else:
+                written += 1
+                set_result(future)
+        self.counters.written += written
+        for supervisor_id, epoch in lost.items():
+            self.on_lost(supervisor_id, epoch)
+
+    @staticmethod
+    def _acknowledge(futures: Sequence[asyncio.Future[None]]) -> None:
+        # One call per future; a cancelled submitter's future (its event is written all
+        # the same) raises, and the rest are then checked one by one.
+        try:
+            for future in futures:
+                future.set_result(None)
+        except asyncio.InvalidStateError:
+            for future in futures:
+                set_result(future)
+
+    def _reject(
+        self, event: Event, future: asyncio.Future[None], exc: Exception, *, lost: bool = False
+    ) -> None:
+        self.counters.rejected += 1
+        log.warning(
+            "queue.event_rejected",
+            supervisor_id=str(event.supervisor_id),
+            contract_id=str(self.contract_of(event.supervisor_id)),
+            event_id=str(event.id),
+            kind=event.kind.value,
+            error=str(exc),
+        )
+        kind = SupervisorLostError if lost else EventRejectedError
+        set_exception(future, kind(f"{event.kind.value} rejected: {exc}"))
+
+    async def _apply_with_retries(
+        self, events: Sequence[Event], coalesced: Sequence[tuple[int, Event]]
+    ) -> set[uuid.UUID]:
+        """Apply a batch, retrying transient failures; the supervisors it was refused for.
+
+        A retry simply applies the batch again: the statement itself skips a supervisor
+        whose row already holds the batch's last event (an attempt whose commit the
+        client never saw, even one still running on the server). A supervisor left
+        untouched is then asked about once more, in a statement of its own, which sees
+        every commit the batch waited for: refused (fenced, gone) or applied before.
+        """
+        batch = fold(events, coalesced)
+        untouched = await self._retrying(lambda: self._store.apply_batch(batch))
+        if not untouched:
+            return set()
+        asked = {sid: batch.last_event[sid] for sid in untouched if sid in batch.last_event}
+        # A row of heartbeat/progress only has no retry check: left untouched, it was
+        # refused (fenced, gone). Nobody waits for those, but the owner must hear of it.
+        for _position, event in coalesced:
+            if event.supervisor_id in untouched and event.supervisor_id not in asked:
+                self.on_lost(event.supervisor_id, event.epoch)
+        if not asked:
+            return set()
+        return await self._retrying(lambda: self._store.supervisors_not_at_event(asked))
+
+    async def _retrying(
+        self, call: Callable[[], Awaitable[Collection[uuid.UUID]]]
+    ) -> set[uuid.UUID]:
+        # The first attempt goes straight to the store: nearly every batch succeeds at
+        # once, and a retry loop set up per batch would cost more than encoding it.
+        try:
+            result = set(await self._timed(call()))
+        except TransientDatabaseError as exc:
+            first_wait = self._retry_initial_s * random.uniform(1.0, 2.0)  # noqa: S311 - jitter
+            self._log_retry_error(1, exc, first_wait)
+        else:
+            outage.answered()
+            return result
+        # Between attempts, a call that gets through elsewhere ends the wait (outage.py).
+        await outage.sleep_out(first_wait)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientDatabaseError),
+            # Attempt n+1 waits about initial * 2**n, plus jitter.
+            wait=wait_exponential_jitter(
+                multiplier=2 * self._retry_initial_s,
+                jitter=self._retry_initial_s,
+                max=self._retry_max_s,
+            ),
+            stop=stop_never,
+            before_sleep=self._log_retry,
+            sleep=outage.sleep_out,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                result = set(await self._timed(call()))
+        outage.answered()  # tenacity ends its loop only on success (it retries forever)
+        return result
+
+    async def _timed(self, call: Awaitable[T]) -> T:
+        key = next(self._call_ids)
+        self._calls[key] = time.monotonic()
+        try:
+            return await call
+        finally:
+            del self._calls[key]
+
+    def longest_call_s(self) -> float:
+        """How long the oldest database call under way has been running (0 when none):
+        a call that neither returns nor fails means a connection the network lost."""
+        if not self._calls:
+            return 0.0
+        return time.monotonic() - min(self._calls.values())
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        # Attempt 1 was made before the retry loop began.
+        self._log_retry_error(state.attempt_number + 1, error, state.upcoming_sleep)
+
+    def _log_retry_error(self, attempt: int, error: BaseException | None, sleep_s: float) -> None:
+        outage.failed()
+        self.counters.retries += 1
+        log.warning(
+            "queue.retry",
+            attempt=attempt,
+            error=str(error),
+            sleep_s=round(sleep_s, 3),
+            queued=self._queued,
+        )
+
+    # -- stop ---------------------------------------------------------------------------
+
+    async def drain(self) -> DrainReport:
+        """Stop intake and write what is queued within the deadline (shielded)."""
+        started = time.perf_counter()
+        written_before = self.counters.written
+        self._closed = True
+        for lane in self._lanes:
+            lane.wakeup.set()
+        self._space.set()  # submitters waiting for room see the queue is closed
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._drain_timeout_s):
+                await self._stopped.wait()
+            if not self._stopped.is_set() and self._scope is not None:
+                self._scope.cancel()
+                await self._stopped.wait()
+        report = DrainReport(
+            written=self.counters.written - written_before,
+            abandoned=self.counters.abandoned,
+            seconds=time.perf_counter() - started,
+        )
+        event = "queue.drained" if not report.abandoned else "queue.drain_incomplete"
+        log.info(
+            event,
+            written=report.written,
+            abandoned=report.abandoned,
+            seconds=round(report.seconds, 3),
+        )
+        return report
+
+    def force_stop(self) -> None:
+        """Stop the flushers now (a second Ctrl-C): what is queued is not written."""
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _abandon_rest(self) -> None:
+        """Fail everything not written: those events were never acknowledged."""
+        # An interrupted in-flight batch may or may not have committed: either way it
+        # was never acknowledged, which is all the contract promises.
+        error = QueueClosedError("the persistence queue stopped before writing this event")
+        critical = coalesced = 0
+        for lane in self._lanes:
+            pending = [f for f in (*lane.inflight, *lane.futures) if not f.done()]
+            for future in pending:
+                set_exception(future, error)
+            critical += len(pending)
+            coalesced += len(lane.coalesced)
+            lane.events.clear()
+            lane.futures.clear()
+            lane.coalesced.clear()
+            lane.inflight = ()
+        self._queued = 0
+        if critical or coalesced:
+            self.counters.abandoned += critical
+            log.error("queue.events_abandoned", critical=critical, coalesced=coalesced)

@@ -1,0 +1,36 @@
+"""The store: every named persistence operation, and the only caller of SQL at run time.
+
+Its rooms, by what they serve: `operations` (reads of a supervisor and the original
+system's named operations), `events` (the persistence queue's set-based write and the
+metrics' reads), `restore` (restoration's set-based loads and writes, retention),
+`work` (tasks and answers of a running daemon, the questions channel), `people`
+(people's commands without a daemon) and `daemons` (registration, leases, fencing).
+Callers import the names from here.
+"""
+
+from daemon.store.daemons import DaemonRegistry
+from daemon.store.events import EventStore, MetricsStore
+from daemon.store.operations import SpawnedTasksCheck, Store
+from daemon.store.restore import RestorationStore, RetentionStore
+from daemon.store.work import (
+    QUESTIONS_CHANNEL,
+    TaskChange,
+    WorkStore,
+    notify_question,
+    question_feed,
+)
+
+__all__ = [
+    "QUESTIONS_CHANNEL",
+    "DaemonRegistry",
+    "EventStore",
+    "MetricsStore",
+    "RestorationStore",
+    "RetentionStore",
+    "SpawnedTasksCheck",
+    "Store",
+    "TaskChange",
+    "WorkStore",
+    "notify_question",
+    "question_feed",
+]

@@ -1,0 +1,1 @@
+"""See tests/README.md for what runs at this depth."""
