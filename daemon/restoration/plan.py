@@ -23,78 +23,25 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from daemon.jsonvalues import JsonTail, issue_of
+from daemon.jsonvalues import JsonTail
 from daemon.models import (
     FINISHED_TASK_STATES,
     PHASES,
     PendingQuestion,
-    RestorationSource,
     StateRecoveryAction,
     StateValidationResult,
     SupervisorRestorationContext,
     SupervisorStateKind,
 )
+from daemon.restoration.checkpoints import newest_valid_checkpoint, uuid_array
 from daemon.restoration.context import context_message
+from daemon.restoration.records import CrashLoopGuard, RestorationInput, RestorationOutcome
 from daemon.restoration.validation import LIVE, STATES, unreadable, validate
 
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CrashLoopGuard:
-    """More than `max_restorations` automatic restorations within `window` parks one."""
-
-    max_restorations: int = 5
-    window: timedelta = timedelta(minutes=10)
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RestorationInput:
-    """Everything loaded for one supervisor.
-
-    `row` is its supervisors row with `conversation_history` (the newest messages, or
-    the non-array value an older writer left), `history_length`, and
-    `spawned_task_ids` (those of the loaded task rows that are spawned, then the ids
-    listed without a task row). The task rows loaded are the awaited and unrecorded
-    ones; every one of them for a supervisor whose state is invalid (a fallback needs
-    them all).
-    """
-
-    row: Mapping[str, Any]
-    tasks: Mapping[uuid.UUID, str]  # task rows of this supervisor: id -> status
-    spawn_seqs: Mapping[uuid.UUID, int] = dataclasses.field(default_factory=dict)  # their places
-    # Checkpoints, newest first: {"snapshot", "message_seq", "task_seq"} (positions NULL
-    # in one written before positions: its snapshot holds copies).
-    checkpoints: Sequence[Mapping[str, Any]] = ()
-    answers: Sequence[Mapping[str, Any]] = ()  # question_answers not yet applied
-    source: RestorationSource
-    now: datetime
-    manual: bool = False
-    issues: list[str] | None = None  # validate(row, tasks) when already computed
-    history_tail: int = 50  # how many of the newest messages a context carries
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RestorationOutcome:
-    supervisor_id: uuid.UUID
-    outcome: str  # restored | new (never ran: started, not restored) | blocked | failed
-    action: StateRecoveryAction
-    validation: StateValidationResult
-    context: SupervisorRestorationContext
-    redeliver: tuple[PendingQuestion, ...]
-    applied_answers: tuple[uuid.UUID, ...]
-    write: dict[str, Any]  # the row for apply_restorations (see restoration.sql)
-    contract_id: uuid.UUID | None = None  # for the log lines about this supervisor
-
-
 # -- validation -------------------------------------------------------------------------
-
-
-_SNAPSHOT_FIELDS = (
-    "state", "phase", "progress", "error_message", "current_activity",
-    "pending_questions", "pending_task_ids",
-)  # fmt: skip
 
 
 def _fresh(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,7 +103,7 @@ def plan(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
     base: Mapping[str, Any] = row
     action = StateRecoveryAction.PROCEED
     if issues:
-        checkpoint = _newest_valid_checkpoint(item, warnings)
+        checkpoint = newest_valid_checkpoint(item, warnings)
         if checkpoint is not None:
             base = checkpoint
             action = StateRecoveryAction.USE_CHECKPOINT
@@ -205,68 +152,6 @@ def _new(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
         ),
         redeliver=(), applied_answers=(), write=write, contract_id=item.row.get("contract_id"),
     )  # fmt: skip
-
-
-def _typed_snapshot(base: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint snapshot carries ids as strings; make them UUIDs like a row's."""
-    for key in ("pending_task_ids", "spawned_task_ids"):
-        base[key] = [uuid.UUID(str(t)) for t in base.get(key) or []]
-    return base
-
-
-def _candidate(item: RestorationInput, checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The state a checkpoint restores, with `rewind`: the positions (or the copies,
-    in a checkpoint written before positions) apply_restorations rewinds to."""
-    snapshot = checkpoint.get("snapshot")
-    if not isinstance(snapshot, Mapping):
-        return None
-    candidate = {**item.row, **{k: snapshot.get(k) for k in _SNAPSHOT_FIELDS}}
-    rewind: dict[str, Any] = {}
-    message_seq, task_seq = checkpoint.get("message_seq"), checkpoint.get("task_seq")
-    if message_seq is not None:
-        # Its history is the stored messages up to the position (loaded once chosen).
-        legacy = snapshot.get("legacy_history")
-        candidate["conversation_history"] = [] if legacy is None else legacy
-        candidate["history_length"] = int(message_seq)
-        rewind["he"] = int(message_seq)
-    else:
-        copy = snapshot.get("conversation_history")
-        candidate["conversation_history"] = copy
-        candidate["history_length"] = len(copy) if isinstance(copy, list) else 0
-        rewind.update(he=0, hist=copy)
-    unrecorded = snapshot.get("unrecorded_task_ids") or []
-    if task_seq is not None:
-        spawned = sorted(
-            (seq, t) for t, seq in item.spawn_seqs.items() if seq is not None and seq <= task_seq
-        )
-        candidate["spawned_task_ids"] = [t for _, t in spawned] + list(unrecorded)
-        rewind.update(te=int(task_seq), un=unrecorded)
-    else:
-        candidate["spawned_task_ids"] = snapshot.get("spawned_task_ids")
-        rewind.update(te=0, un=[], sp=snapshot.get("spawned_task_ids"))
-    try:
-        candidate = _typed_snapshot(candidate)
-        rewind["un"] = _array([uuid.UUID(str(t)) for t in rewind["un"]])
-        if rewind.get("sp") is not None:
-            rewind["sp"] = _array(candidate["spawned_task_ids"])
-    except (ValueError, TypeError, AttributeError):
-        return None
-    candidate["rewind"] = rewind
-    return candidate
-
-
-def _newest_valid_checkpoint(
-    item: RestorationInput, warnings: list[str]
-) -> Mapping[str, Any] | None:
-    for n, checkpoint in enumerate(item.checkpoints):
-        if not isinstance(checkpoint, Mapping) or issue_of(checkpoint) is not None:
-            continue
-        candidate = _candidate(item, checkpoint)
-        if candidate is not None and not validate(candidate, item.tasks):
-            if n:
-                warnings.append(f"skipped {n} newer checkpoint(s) that are invalid too")
-            return candidate
-    return None
 
 
 def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
@@ -337,7 +222,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         write.update(
             st=state.value, ph=base["phase"], p=base["progress"], er=error,
             a=base.get("current_activity"), pq=[q.to_json() for q in questions],
-            pt=_array(still_awaited), **base["rewind"],
+            pt=uuid_array(still_awaited), **base["rewind"],
         )  # fmt: skip
     else:
         if state.value != item.row["state"]:
@@ -345,7 +230,7 @@ def _restore(  # noqa: PLR0917 - internal step of `plan`, called once
         if applied_here:
             write["pq"] = [q.to_json() for q in questions]
         if finished:
-            write["pt"] = _array(still_awaited)
+            write["pt"] = uuid_array(still_awaited)
     return RestorationOutcome(
         supervisor_id=sid, outcome="restored", action=action, validation=validation,
         context=context, redeliver=tuple(questions), applied_answers=applied, write=write,
@@ -366,10 +251,6 @@ def _spawned_count(base: Mapping[str, Any], action: StateRecoveryAction) -> int:
         # Its spawned_task_ids hold the loaded task rows only; the counter is the whole.
         return int(base.get("task_seq") or 0) + len(base.get("unrecorded_task_ids") or ())
     return len(base["spawned_task_ids"])
-
-
-def _array(ids: Sequence[uuid.UUID]) -> str:
-    return "{" + ",".join(str(t) for t in ids) + "}"
 
 
 def _write_row(item: RestorationInput, guard: CrashLoopGuard, *, restored: bool) -> dict[str, Any]:
@@ -433,3 +314,12 @@ def plan_safely(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOut
 
 
 # -- the message for the agent ------------------------------------------------------------
+
+
+__all__ = [
+    "CrashLoopGuard",
+    "RestorationInput",
+    "RestorationOutcome",
+    "plan",
+    "plan_safely",
+]
