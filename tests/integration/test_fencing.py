@@ -27,7 +27,7 @@ from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
 from tests.factories import new_state, own
-from tests.queues import running
+from tests.queues import running, spawn
 
 DEADLINE_S = 20
 
@@ -71,7 +71,7 @@ async def test_a_task_of_a_supervisor_claimed_by_another_daemon_never_starts(
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "old", state.id, epoch=1)
     marker = tmp_path / "ran"
-    task = await store.create_task(state.id, spec={"command": f"touch {marker}"})
+    task = await spawn(pool, state.id, spec={"command": f"touch {marker}"})
     await _claim_by(pool, "new", state.id)  # while "old" was paused, say
     lost: list[tuple[uuid.UUID, int]] = []
     async with anyio.create_task_group() as tg:
@@ -94,7 +94,7 @@ async def test_a_task_starts_once_even_when_two_owners_try(
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "a", state.id, epoch=1)
     runs = tmp_path / "runs"
-    task = await store.create_task(state.id, spec={"command": f"echo once >> {runs}"})
+    task = await spawn(pool, state.id, spec={"command": f"echo once >> {runs}"})
     work = WorkStore(pool)
     first = await work.start_task(task.id, supervisor_id=state.id, daemon_id="a", epoch=1)
     again = await work.start_task(task.id, supervisor_id=state.id, daemon_id="a", epoch=1)
@@ -115,8 +115,8 @@ async def test_an_outcome_is_written_only_under_the_epoch_the_task_ran_under(
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "old", state.id, epoch=1)
     gate = tmp_path / "gate"
-    task = await store.create_task(
-        state.id, spec={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done"}
+    task = await spawn(
+        pool, state.id, spec={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done"}
     )
     lost: list[tuple[uuid.UUID, int]] = []
     outcomes: list[str] = []
@@ -149,7 +149,7 @@ async def test_stopping_a_supervisors_tasks_kills_their_whole_process_group(
     pids = tmp_path / "pids"
     # The shell starts a child that ignores SIGTERM: SIGKILL to the group gets it too.
     command = f"sh -c 'trap \"\" TERM; echo $$ >> {pids}; sleep 60' & echo $$ >> {pids}; wait"
-    task = await store.create_task(state.id, spec={"command": command})
+    task = await spawn(pool, state.id, spec={"command": command})
     outcomes: list[str] = []
 
     async def both_started() -> bool:
