@@ -20,7 +20,8 @@ import anyio.abc
 import asyncpg
 import pytest
 
-from daemon.persistence.queue import PersistenceQueue
+from daemon.persistence import events
+from daemon.persistence.queue import PersistenceQueue, SupervisorLostError
 from daemon.runtime.host import Host
 from daemon.store import EventStore, Store, WorkStore
 from daemon.work.delivery import Delivery
@@ -57,6 +58,29 @@ async def _wait_for(predicate: Any, what: str) -> None:
     with anyio.fail_after(DEADLINE_S):
         while not await predicate():
             await anyio.sleep(0.05)
+
+
+# -- state ----------------------------------------------------------------------------
+
+
+async def test_an_event_naming_no_epoch_never_writes_an_owned_supervisor(
+    pool: asyncpg.Pool[Any], store: Store
+) -> None:
+    """Only a writer outside every daemon names no epoch: it may write a supervisor no
+    daemon owns, never one a daemon does (apply_batch)."""
+    free = await store.save_supervisor_state_full(new_state())
+    owned = await store.save_supervisor_state_full(new_state())
+    await own(pool, "d1", owned.id, epoch=1)
+    async with running(PersistenceQueue(EventStore(pool))) as queue:
+        await queue.submit(events.activity_reported(free.id, "outside"))
+        with pytest.raises(SupervisorLostError):
+            await queue.submit(events.activity_reported(owned.id, "outside"))
+        await queue.submit(events.activity_reported(owned.id, "its owner", epoch=1))
+    activities = await pool.fetch("SELECT id, current_activity, last_event_seq FROM supervisors")
+    assert {tuple(row) for row in activities} == {
+        (free.id, "outside", 1),
+        (owned.id, "its owner", 1),
+    }
 
 
 # -- tasks ----------------------------------------------------------------------------
