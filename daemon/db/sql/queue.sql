@@ -63,8 +63,8 @@ upd AS (
     -- (the planner cannot know how many rows the document holds and would otherwise
     -- scan the whole table for a batch of one).
     WHERE s.id = ANY ($2::uuid[]) AND s.id = b.i
-      -- Fenced: the epoch the writer holds, or no epoch and no owner (a writer outside
-      -- any daemon: tests, tools) - never another daemon's supervisor.
+      -- Fenced: the epoch the writer holds; an event naming none (tests, benchmarks:
+      -- outside every daemon) writes only a supervisor no daemon owns.
       AND (s.owner_epoch = b.ep OR (b.ep IS NULL AND s.owner_daemon_id IS NULL))
       -- Compare-and-set: a row whose newest event is this batch's last one was written
       -- by an earlier attempt of this batch. Checked on the row itself, under its lock:
