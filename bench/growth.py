@@ -137,11 +137,14 @@ async def measure_writes(
     a batch holds at most one event per supervisor, so what is measured is the cost of
     one append to a supervisor of that age."""
     rng = random.Random(seed)
+    epoch = 1  # what CREATE gives them: an owned supervisor is written under its epoch
     work = {
         sid: [
-            events.message_appended(sid, {"role": "assistant", "content": text(rng)})
+            events.message_appended(sid, {"role": "assistant", "content": text(rng)}, epoch=epoch)
             if kind == "message"
-            else events.task_spawned(sid, uuid.uuid4(), spec={"command": "true"}, awaited=False)
+            else events.task_spawned(
+                sid, uuid.uuid4(), spec={"command": "true"}, awaited=False, epoch=epoch
+            )
             for _ in range(per_supervisor)
         ]
         for sid in ids

@@ -307,16 +307,6 @@ _STATE_COLUMNS = tuple(field.name for field in dataclasses.fields(SupervisorStat
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class UpdateSupervisorStateRequest(_Json):
-    """A partial update of the detailed state; None leaves a column as it is."""
-
-    state: SupervisorStateKind | None = None
-    current_activity: str | None = None
-    progress: int | None = None
-    error_message: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StateValidationResult(_Json):
     """What validation found in a stored state, and what restoration should do."""
 

@@ -12,7 +12,7 @@ from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
 from daemon.store import EventStore, Store
 from tests.factories import new_question, new_state
-from tests.queues import running
+from tests.queues import ask, running
 
 RETAINED_ROWS = {
     "messages": "supervisor_messages",
@@ -65,7 +65,7 @@ async def retention_population(pool: asyncpg.Pool[Any], store: Store) -> dict[st
         "failed_with_a_question": await finished_supervisor(pool, store, "failed", days_ago=60),
     }
     asking = found["failed_with_a_question"]
-    await store.add_supervisor_pending_question(asking, new_question())
+    await ask(pool, asking, new_question())
     await pool.execute(
         "UPDATE supervisors SET state = 'failed', updated_at = now() - interval '60 days'"
         " WHERE id = $1",

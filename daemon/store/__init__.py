@@ -1,8 +1,8 @@
 """The store: every named persistence operation, and the only caller of SQL at run time.
 
-Its rooms, by what they serve: `operations` (reads of a supervisor and the original
-system's named operations), `events` (the persistence queue's set-based write and the
-metrics' reads), `restore` (restoration's set-based loads and writes, retention),
+Its rooms, by what they serve: `operations` (a supervisor's reads and its creation,
+under the original system's names), `events` (the persistence queue's set-based write
+and the metrics' reads), `restore` (restoration's set-based loads and writes, retention),
 `work` (tasks and answers of a running daemon, the questions channel), `people`
 (people's commands without a daemon) and `daemons` (registration, leases, fencing).
 Callers import the names from here.

@@ -1,9 +1,16 @@
-"""Every named persistence operation, and the only caller of SQL at run time.
+"""A supervisor's reads, and its creation: the original system's named operations that
+remain.
 
-Each method is one operation of the original system (same names), runs one statement
-from daemon/db/sql by name, and returns records from daemon.models. Driver errors leave
-here as TransientDatabaseError / PermanentDatabaseError; a missing row is NotFoundError.
-The store never retries: the persistence queue decides that.
+Each method keeps its original name, runs one statement from daemon/db/sql by name, and
+returns records from daemon.models. Driver errors leave here as TransientDatabaseError
+/ PermanentDatabaseError; a missing row is NotFoundError. The store never retries: the
+persistence queue decides that.
+
+Nothing here changes a supervisor that exists: that goes through its events (the
+persistence queue, daemon/persistence/), fenced by its owner's epoch and journaled, or
+through restoration and claims (daemon/store/restore.py); the original partial updates
+(update_supervisor_phase, add_supervisor_pending_question, ...) wrote around both and
+are gone. tests/unit/test_write_path.py holds the statements that may write.
 """
 
 from __future__ import annotations
@@ -16,15 +23,12 @@ from typing import Any
 import asyncpg
 
 from daemon.db.queries import queries
-from daemon.errors import NotFoundError, map_db_errors
+from daemon.errors import ConflictError, NotFoundError, map_db_errors
 from daemon.models import (
     HistoryMessage,
-    PendingQuestion,
-    RestorationSource,
     SupervisorState,
     SupervisorStateKind,
     SupervisorTask,
-    UpdateSupervisorStateRequest,
 )
 
 
@@ -60,23 +64,19 @@ class Store:
         with map_db_errors():
             return await self._pool.fetch(queries[name], *args)
 
-    async def _require(self, name: str, supervisor_id: uuid.UUID, *args: Any) -> asyncpg.Record:
-        row = await self._fetchrow(name, supervisor_id, *args)
-        if row is None:
-            raise NotFoundError(f"supervisor {supervisor_id} does not exist")
-        return row
-
     # -- whole states ---------------------------------------------------------------
 
     async def save_supervisor_state_full(self, state: SupervisorState) -> SupervisorState:
-        """UPSERT every state column of `state` (ownership columns are left alone).
-
-        Its history and spawned task ids are made those of `state`: what extends the
-        stored ones is inserted as rows, anything else replaces them. One transaction.
+        """Create a supervisor with the whole state `state`: a new row, unowned (its
+        ownership columns are the claims' to set), with its history and spawned task ids
+        as rows. One transaction. ConflictError when a supervisor with its id exists:
+        an existing supervisor's state changes only through its events (the persistence
+        queue's apply_batch, fenced by its owner's epoch and journaled), restoration and
+        claims; this never overwrites it.
         """
         with map_db_errors():
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.fetchrow(
+                created = await conn.fetchval(
                     queries["save_supervisor_state_full"],
                     state.id,
                     state.contract_id,
@@ -94,8 +94,10 @@ class Store:
                     state.restoration_source.value if state.restoration_source else None,
                     state.agent,
                 )
+                if created is None:
+                    raise ConflictError(f"supervisor {state.id} exists already")
                 await conn.execute(
-                    queries["set_supervisor_history_and_tasks"],
+                    queries["set_new_supervisor_history_and_tasks"],
                     state.id,
                     list(state.conversation_history),
                     list(state.spawned_task_ids),
@@ -137,92 +139,6 @@ class Store:
         rows = await self._fetch("get_supervisors_with_pending_questions")
         return [SupervisorState.from_row(row) for row in rows]
 
-    # -- partial updates ------------------------------------------------------------
-
-    async def update_supervisor_detailed_state(
-        self, supervisor_id: uuid.UUID, request: UpdateSupervisorStateRequest
-    ) -> SupervisorState:
-        row = await self._require(
-            "update_supervisor_detailed_state",
-            supervisor_id,
-            request.state.value if request.state else None,
-            request.current_activity,
-            request.progress,
-            request.error_message,
-        )
-        return SupervisorState.from_row(row)
-
-    async def add_supervisor_spawned_task(
-        self, supervisor_id: uuid.UUID, task_id: uuid.UUID, *, await_task: bool = True
-    ) -> None:
-        """Record `task_id` as spawned (and awaited, unless told otherwise). Idempotent;
-        atomic under concurrent writers (the supervisor's row is locked first)."""
-        with map_db_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                found = await conn.fetchval(
-                    queries["add_supervisor_spawned_task"], supervisor_id, task_id
-                )
-                if found:
-                    await conn.execute(
-                        queries["await_supervisor_task"], supervisor_id, task_id, await_task
-                    )
-        if not found:
-            raise NotFoundError(f"supervisor {supervisor_id} does not exist")
-
-    async def add_supervisor_pending_question(
-        self, supervisor_id: uuid.UUID, question: PendingQuestion
-    ) -> None:
-        """Append `question` (once per id); the supervisor now waits for its user."""
-        await self._require(
-            "add_supervisor_pending_question",
-            supervisor_id,
-            question.to_json(),
-            str(question.id),
-        )
-
-    async def remove_supervisor_pending_question(
-        self, supervisor_id: uuid.UUID, question_id: uuid.UUID
-    ) -> None:
-        """Drop a pending question; NotFoundError when it is not pending there."""
-        row = await self._fetchrow(
-            "remove_supervisor_pending_question", supervisor_id, str(question_id)
-        )
-        if row is None:
-            if await self.get_supervisor(supervisor_id) is None:
-                raise NotFoundError(f"supervisor {supervisor_id} does not exist")
-            raise NotFoundError(
-                f"question {question_id} is not pending on supervisor {supervisor_id}"
-            )
-
-    async def mark_supervisor_restored(
-        self, supervisor_id: uuid.UUID, source: RestorationSource
-    ) -> int:
-        """Count one more restoration; return the new restoration_count."""
-        row = await self._require("mark_supervisor_restored", supervisor_id, source.value)
-        return int(row["restoration_count"])
-
-    async def update_supervisor_phase(
-        self, supervisor_id: uuid.UUID, phase: str
-    ) -> SupervisorState:
-        row = await self._require("update_supervisor_phase", supervisor_id, phase)
-        return SupervisorState.from_row(row)
-
-    async def update_supervisor_heartbeat_state(
-        self,
-        supervisor_id: uuid.UUID,
-        *,
-        state: SupervisorStateKind | None = None,
-        current_activity: str | None = None,
-        progress: int | None = None,
-    ) -> None:
-        await self._require(
-            "update_supervisor_heartbeat_state",
-            supervisor_id,
-            state.value if state else None,
-            current_activity,
-            progress,
-        )
-
     # -- tasks and checkpoints ------------------------------------------------------
 
     async def validate_spawned_tasks(self, supervisor_id: uuid.UUID) -> SpawnedTasksCheck:
@@ -232,14 +148,6 @@ class Store:
             missing=tuple(row["task_id"] for row in rows if not row["task_exists"]),
         )
 
-    async def create_task(
-        self, supervisor_id: uuid.UUID, *, task_id: uuid.UUID | None = None, spec: Any = None
-    ) -> SupervisorTask:
-        row = await self._fetchrow("create_task", task_id or uuid.uuid4(), supervisor_id, spec)
-        if row is None:  # INSERT ... RETURNING always yields its row
-            raise NotFoundError(f"task for supervisor {supervisor_id} was not created")
-        return SupervisorTask.from_row(row)
-
     async def get_task(self, task_id: uuid.UUID) -> SupervisorTask | None:
         row = await self._fetchrow("get_task", task_id)
         return None if row is None else SupervisorTask.from_row(row)
@@ -247,11 +155,6 @@ class Store:
     async def list_tasks_for_supervisor(self, supervisor_id: uuid.UUID) -> Sequence[SupervisorTask]:
         rows = await self._fetch("list_tasks_for_supervisor", supervisor_id)
         return [SupervisorTask.from_row(row) for row in rows]
-
-    async def save_checkpoint(self, supervisor_id: uuid.UUID) -> int:
-        """Snapshot the supervisor's current row; return the checkpoint id."""
-        row = await self._require("save_checkpoint", supervisor_id)
-        return int(row["id"])
 
     async def latest_checkpoint(self, supervisor_id: uuid.UUID) -> dict[str, Any] | None:
         row = await self._fetchrow("latest_checkpoint", supervisor_id)

@@ -8,15 +8,22 @@ question; a value the JSON decoder refuses parks its supervisor and no other.
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
+
 from daemon.store import Store
 from tests.factories import new_question, new_state
 from tests.processes import run_cli
+from tests.queues import ask
 
 
-async def test_an_answer_too_long_to_record_is_refused_by_the_cli(dsn: str, store: Store) -> None:
+async def test_an_answer_too_long_to_record_is_refused_by_the_cli(
+    dsn: str, store: Store, pool: asyncpg.Pool[Any]
+) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(choices=())
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
     refused = run_cli("answer", str(question.id), "é" * 40_000, env=env)
     assert refused.returncode == 1

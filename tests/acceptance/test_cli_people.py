@@ -14,7 +14,7 @@ from daemon.persistence.queue import PersistenceQueue
 from daemon.store import EventStore, Store
 from tests.factories import new_question, new_state
 from tests.processes import run_cli
-from tests.queues import running
+from tests.queues import ask, running, spawn
 
 
 async def test_prefixes_choices_by_number_and_a_readable_show(
@@ -26,8 +26,8 @@ async def test_prefixes_choices_by_number_and_a_readable_show(
     for supervisor_id in (one, two):
         await store.save_supervisor_state_full(new_state(id=supervisor_id, agent="demo"))
     question = new_question(choices=("yes", "no"), question="Ship <it>?")
-    await store.add_supervisor_pending_question(one, question)
-    task = await store.create_task(one, spec={"command": "make build"})
+    await ask(pool, one, question)
+    task = await spawn(pool, one, spec={"command": "make build"})
     async with running(PersistenceQueue(EventStore(pool))) as queue:
         await queue.submit(events.activity_reported(one, "reading the contract"))
 
@@ -58,7 +58,7 @@ async def test_prefixes_choices_by_number_and_a_readable_show(
     as_json = json.loads(run_cli("supervisors", "show", str(one), "--json", env=env).stdout)
     assert as_json["id"] == str(one)
     assert [t["id"] for t in as_json["tasks"]] == [str(task.id)]
-    assert as_json["journal"]["length"] == 1
+    assert as_json["journal"]["length"] == 3
 
     answered = run_cli("answer", str(question.id)[:8], "2", env=env)
     assert answered.returncode == 0, answered.stderr
@@ -66,7 +66,11 @@ async def test_prefixes_choices_by_number_and_a_readable_show(
     done = run_cli("tasks", "complete", str(task.id)[:5], env=env)
     assert done.returncode == 0, done.stderr
     history = run_cli("history", str(one).replace("-", ""), "--json", env=env)
-    assert [entry["kind"] for entry in json.loads(history.stdout)] == ["activity_reported"]
+    assert [entry["kind"] for entry in json.loads(history.stdout)] == [
+        "question_asked",
+        "task_spawned",
+        "activity_reported",
+    ]
 
 
 async def test_listings_filter_and_speak_json(dsn: str, store: Store) -> None:

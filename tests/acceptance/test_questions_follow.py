@@ -22,6 +22,7 @@ from daemon.store import Store, WorkStore, notify_question
 from daemon.work.delivery import notify_body
 from tests.factories import new_question, new_state
 from tests.processes import cli_env
+from tests.queues import ask
 
 pytestmark = pytest.mark.asyncio
 
@@ -146,7 +147,7 @@ async def test_follow_prints_a_long_question_whole_and_a_gone_one_as_its_preview
     try:
         assert follower.next()["questionId"] == str(waiting.id)  # listening from now on
         long = new_question(question="Déployer ce changement ? " * 400, context="le plan")
-        await store.add_supervisor_pending_question(state.id, long)
+        await ask(pool, state.id, long)
         await notify_question(pool, notify_body(state.id, long, False))
         shown = follower.next()
         assert (shown["questionId"], shown["question"]) == (str(long.id), long.question)

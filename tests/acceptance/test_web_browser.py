@@ -39,6 +39,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from daemon.store import Store
 from tests.factories import new_question, new_state
 from tests.processes import cli_env, daemon_process
+from tests.queues import ask
 
 pytestmark = pytest.mark.acceptance
 
@@ -209,7 +210,7 @@ async def test_script_in_a_question_is_text_and_a_forged_form_is_refused(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(question=XSS, choices=("yes", "<b>no</b>"))
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     with web_server(dsn) as url:
         browser.get(url + "/")
         card = browser.find_element(By.ID, f"q-{question.id}")
@@ -237,10 +238,12 @@ async def test_script_in_a_question_is_text_and_a_forged_form_is_refused(
         assert await pool.fetchval("SELECT count(*) FROM question_answers") == 0
 
 
-async def test_a_token_protected_page(browser: WebDriver, dsn: str, store: Store) -> None:
+async def test_a_token_protected_page(
+    browser: WebDriver, dsn: str, store: Store, pool: asyncpg.Pool[Any]
+) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(question="Behind a token?")
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     with web_server(dsn, SUPERVISOR_DAEMON_WEB_TOKEN=TOKEN) as url:
         browser.delete_all_cookies()
         browser.get(url + "/supervisors")

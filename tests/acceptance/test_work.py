@@ -23,7 +23,7 @@ from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
 from tests.factories import new_question, new_state, own
 from tests.processes import run_cli
-from tests.queues import running
+from tests.queues import ask, running, spawn
 
 
 async def _task_row(pool: asyncpg.Pool[Any], task_id: uuid.UUID) -> asyncpg.Record:
@@ -42,7 +42,7 @@ async def test_answer_cli_checks_and_records(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(choices=("yes", "no"))
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
 
     unknown = run_cli("answer", str(uuid.uuid4()), "yes", env=env)
@@ -68,7 +68,7 @@ async def test_answer_cli_checks_and_records(
 
 async def test_tasks_complete_cli(dsn: str, store: Store, pool: asyncpg.Pool[Any]) -> None:
     state = await store.save_supervisor_state_full(new_state())
-    task = await store.create_task(state.id, spec={"kind": "external"})
+    task = await spawn(pool, state.id, spec={"kind": "external"})
     env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
     missing = run_cli("tasks", "complete", str(uuid.uuid4()), env=env)
     assert missing.returncode == 1
@@ -92,9 +92,9 @@ async def test_command_tasks_run_with_their_outcome(
     pool: asyncpg.Pool[Any], store: Store, captured_logs: list[MutableMapping[str, Any]]
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
-    ok = await store.create_task(state.id, spec={"command": "echo hello; echo world"})
-    bad = await store.create_task(state.id, spec={"command": "echo oops >&2; exit 3"})
-    slow = await store.create_task(state.id, spec={"command": "sleep 30", "timeoutS": 0.3})
+    ok = await spawn(pool, state.id, spec={"command": "echo hello; echo world"})
+    bad = await spawn(pool, state.id, spec={"command": "echo oops >&2; exit 3"})
+    slow = await spawn(pool, state.id, spec={"command": "sleep 30", "timeoutS": 0.3})
     await own(pool, "d1", state.id, epoch=1)
     ids: dict[str, Any] = {"supervisor_id": state.id, "contract_id": state.contract_id, "epoch": 1}
     outcomes: list[str] = []  # what the metrics count
@@ -123,9 +123,9 @@ async def test_resume_fails_interrupted_tasks_and_starts_pending(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "d1", state.id, epoch=2)
-    interrupted = await store.create_task(state.id, spec={"command": "echo again"})
-    retryable = await store.create_task(state.id, spec={"command": "true", "idempotent": True})
-    pending = await store.create_task(state.id, spec={"command": "true"})
+    interrupted = await spawn(pool, state.id, spec={"command": "echo again"})
+    retryable = await spawn(pool, state.id, spec={"command": "true", "idempotent": True})
+    pending = await spawn(pool, state.id, spec={"command": "true"})
     for task in (interrupted, retryable):  # started under the previous owner's epoch
         await pool.execute(
             "UPDATE supervisor_tasks SET status = 'running', run_epoch = 1, runs = 1 WHERE id = $1",
@@ -151,7 +151,7 @@ async def test_an_answer_wakes_its_waiter(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question()
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     hub = Hub(pool, dsn, poll_s=0.2 if not listening else 30)
     async with anyio.create_task_group() as tg:
         if listening:

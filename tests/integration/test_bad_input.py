@@ -30,7 +30,7 @@ from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
 from tests.factories import new_question, new_state, own
-from tests.queues import restore_outcomes, running
+from tests.queues import ask, restore_outcomes, running
 
 DEADLINE_S = 20
 
@@ -186,23 +186,27 @@ async def test_a_spec_the_runner_cannot_run_fails_its_task_not_the_daemon(
         "command": {"command": ["rm", "-rf"]},
         "good": {"command": "echo fine"},
     }
-    tasks = {name: await store.create_task(state.id, spec=spec) for name, spec in specs.items()}
+    # Inserted as that tool would (the daemon's own task_spawned refuses most of them).
+    tasks = {name: uuid.uuid4() for name in specs}
+    for name, spec in specs.items():
+        await pool.execute(
+            "INSERT INTO supervisor_tasks (id, supervisor_id, spec) VALUES ($1, $2, $3)",
+            tasks[name], state.id, spec,
+        )  # fmt: skip
     await pool.execute(
         'UPDATE supervisor_tasks SET spec = \'{"command": "true", "timeoutS": 1e400}\''
         " WHERE id = $1",
-        tasks["infinite"].id,
+        tasks["infinite"],
     )
     await pool.execute(
-        "UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", tasks["idempotent"].id
+        "UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", tasks["idempotent"]
     )
     with anyio.fail_after(DEADLINE_S):
         async with anyio.create_task_group() as tg:
             await TaskRunner(WorkStore(pool), tg, daemon_id="d1").resume()
     rows: dict[str, asyncpg.Record] = {}
     for name, task in tasks.items():
-        row = await pool.fetchrow(
-            "SELECT status, result FROM supervisor_tasks WHERE id = $1", task.id
-        )
+        row = await pool.fetchrow("SELECT status, result FROM supervisor_tasks WHERE id = $1", task)
         assert row is not None
         rows[name] = row
     assert rows["good"]["status"] == "succeeded"
@@ -275,7 +279,7 @@ async def test_restoration_redelivers_a_long_question_with_a_bounded_notify(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(question=LONG_QUESTION, choices=tuple(LONG_CHOICES))
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     listener = await asyncpg.connect(dsn)
     received: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener("supervisor_questions", lambda *a: received.put_nowait(a[3]))
@@ -302,7 +306,7 @@ async def test_restoration_goes_on_when_its_notify_fails(
     monkeypatch.setattr(RestorationStore, "notify_questions", refuse)
     state = await store.save_supervisor_state_full(new_state())
     question = new_question()
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     outcome = (await restore_outcomes(pool))[state.id]
     assert outcome.outcome == "restored"
     row = await pool.fetchrow("SELECT * FROM supervisor_states WHERE id = $1", state.id)

@@ -20,14 +20,15 @@ import anyio.abc
 import asyncpg
 import pytest
 
-from daemon.persistence.queue import PersistenceQueue
+from daemon.persistence import events
+from daemon.persistence.queue import PersistenceQueue, SupervisorLostError
 from daemon.runtime.host import Host
 from daemon.store import EventStore, Store, WorkStore
 from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
 from tests.factories import new_state, own
-from tests.queues import running
+from tests.queues import running, spawn
 
 DEADLINE_S = 20
 
@@ -59,6 +60,29 @@ async def _wait_for(predicate: Any, what: str) -> None:
             await anyio.sleep(0.05)
 
 
+# -- state ----------------------------------------------------------------------------
+
+
+async def test_an_event_naming_no_epoch_never_writes_an_owned_supervisor(
+    pool: asyncpg.Pool[Any], store: Store
+) -> None:
+    """Only a writer outside every daemon names no epoch: it may write a supervisor no
+    daemon owns, never one a daemon does (apply_batch)."""
+    free = await store.save_supervisor_state_full(new_state())
+    owned = await store.save_supervisor_state_full(new_state())
+    await own(pool, "d1", owned.id, epoch=1)
+    async with running(PersistenceQueue(EventStore(pool))) as queue:
+        await queue.submit(events.activity_reported(free.id, "outside"))
+        with pytest.raises(SupervisorLostError):
+            await queue.submit(events.activity_reported(owned.id, "outside"))
+        await queue.submit(events.activity_reported(owned.id, "its owner", epoch=1))
+    activities = await pool.fetch("SELECT id, current_activity, last_event_seq FROM supervisors")
+    assert {tuple(row) for row in activities} == {
+        (free.id, "outside", 1),
+        (owned.id, "its owner", 1),
+    }
+
+
 # -- tasks ----------------------------------------------------------------------------
 
 
@@ -71,7 +95,7 @@ async def test_a_task_of_a_supervisor_claimed_by_another_daemon_never_starts(
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "old", state.id, epoch=1)
     marker = tmp_path / "ran"
-    task = await store.create_task(state.id, spec={"command": f"touch {marker}"})
+    task = await spawn(pool, state.id, spec={"command": f"touch {marker}"})
     await _claim_by(pool, "new", state.id)  # while "old" was paused, say
     lost: list[tuple[uuid.UUID, int]] = []
     async with anyio.create_task_group() as tg:
@@ -94,7 +118,7 @@ async def test_a_task_starts_once_even_when_two_owners_try(
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "a", state.id, epoch=1)
     runs = tmp_path / "runs"
-    task = await store.create_task(state.id, spec={"command": f"echo once >> {runs}"})
+    task = await spawn(pool, state.id, spec={"command": f"echo once >> {runs}"})
     work = WorkStore(pool)
     first = await work.start_task(task.id, supervisor_id=state.id, daemon_id="a", epoch=1)
     again = await work.start_task(task.id, supervisor_id=state.id, daemon_id="a", epoch=1)
@@ -115,8 +139,8 @@ async def test_an_outcome_is_written_only_under_the_epoch_the_task_ran_under(
     state = await store.save_supervisor_state_full(new_state())
     await own(pool, "old", state.id, epoch=1)
     gate = tmp_path / "gate"
-    task = await store.create_task(
-        state.id, spec={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done"}
+    task = await spawn(
+        pool, state.id, spec={"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; echo done"}
     )
     lost: list[tuple[uuid.UUID, int]] = []
     outcomes: list[str] = []
@@ -149,7 +173,7 @@ async def test_stopping_a_supervisors_tasks_kills_their_whole_process_group(
     pids = tmp_path / "pids"
     # The shell starts a child that ignores SIGTERM: SIGKILL to the group gets it too.
     command = f"sh -c 'trap \"\" TERM; echo $$ >> {pids}; sleep 60' & echo $$ >> {pids}; wait"
-    task = await store.create_task(state.id, spec={"command": command})
+    task = await spawn(pool, state.id, spec={"command": command})
     outcomes: list[str] = []
 
     async def both_started() -> bool:

@@ -25,7 +25,7 @@ from daemon.restoration.run import restore_all
 from daemon.runtime.lease import LeaseKeeper, LeaseTiming, Registration, boottime
 from daemon.store import DaemonRegistry, EventStore, RestorationStore, Store
 from tests.factories import new_state, own
-from tests.queues import running
+from tests.queues import running, save
 
 
 def _registration(daemon_id: str) -> Registration:
@@ -160,7 +160,7 @@ async def test_a_stop_hands_the_supervisors_over(pool: asyncpg.Pool[Any], store:
     state = await store.save_supervisor_state_full(new_state())
     done = await store.save_supervisor_state_full(new_state())
     await own(pool, "leaving", state.id, done.id, epoch=2)
-    await pool.execute("UPDATE supervisor_states SET state = 'completed' WHERE id = $1", done.id)
+    await save(pool, events.completed, done.id)
     assert await registry.release("leaving", uuid.uuid4()) is None  # not its token
     assert await registry.release("leaving", token) == 1
     async with running(PersistenceQueue(EventStore(pool))) as queue:

@@ -19,7 +19,7 @@ from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.store import EventStore, Store
 from tests.factories import new_state
-from tests.queues import running
+from tests.queues import running, spawn
 
 
 async def _activity(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> tuple[str, int]:
@@ -54,9 +54,7 @@ async def test_a_report_is_not_lost_nor_overtaken_when_a_batch_is_split(
 ) -> None:
     sid = (await store.save_supervisor_state_full(new_state())).id
     taken = uuid.uuid4()
-    await pool.execute(
-        "INSERT INTO supervisor_tasks (id, supervisor_id) VALUES ($1, $2)", taken, sid
-    )
+    await spawn(pool, sid, taken)
     queue = PersistenceQueue(EventStore(pool), lanes=1)
     async with running(queue):
         # A refused event (its task id exists) first, an activity after it, then a

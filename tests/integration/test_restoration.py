@@ -25,9 +25,10 @@ from daemon.restoration import plan as restoration
 from daemon.restoration import validation
 from daemon.restoration.plan import CrashLoopGuard
 from daemon.restoration.run import restore_manually
+from daemon.services import Services
 from daemon.store import DaemonRegistry, Store
 from tests.factories import new_question, new_state
-from tests.queues import restore_outcomes
+from tests.queues import ask, restore_outcomes, spawn
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -112,6 +113,7 @@ async def test_unknown_supervisor_is_reported_not_invented(pool: asyncpg.Pool[An
 
 
 async def _checkpoint(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> None:
+    """A checkpoint as one written before positions: copies in its snapshot."""
     await pool.execute(
         "INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot)"
         " SELECT id, phase, to_jsonb(s) FROM supervisor_states s WHERE id = $1",
@@ -165,7 +167,8 @@ async def test_unsafe_fresh_start_parks_for_an_operator(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     state = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
-    running_task = await store.create_task(state.id, spec={"command": "sleep 100"})
+    running_task = await spawn(pool, state.id, spec={"command": "sleep 100"})
+    # Left running by a daemon that died (only an owner starts a task).
     await pool.execute(
         "UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", running_task.id
     )
@@ -187,7 +190,7 @@ async def test_pending_questions_are_redelivered_with_their_ids(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     question = new_question()
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     listener = await asyncpg.connect(dsn)
     received: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener("supervisor_questions", lambda *args: received.put_nowait(args[3]))
@@ -210,13 +213,8 @@ async def test_answers_given_while_down_are_applied_not_redelivered(
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
     answered, open_one = new_question(), new_question(question="And the tests?")
-    await store.add_supervisor_pending_question(state.id, answered)
-    await store.add_supervisor_pending_question(state.id, open_one)
-    await pool.execute(
-        "INSERT INTO question_answers (question_id, supervisor_id, answer) VALUES ($1, $2, 'yes')",
-        answered.id,
-        state.id,
-    )
+    await ask(pool, state.id, answered, open_one)
+    await Services(pool).answer(answered.id, "yes")  # no daemon runs
     outcome = (await restore_outcomes(pool))[state.id]
     assert [q.id for q in outcome.redeliver] == [open_one.id]
     assert outcome.applied_answers == (answered.id,)
@@ -233,11 +231,10 @@ async def test_awaited_tasks_are_rechecked(pool: asyncpg.Pool[Any], store: Store
     state = await store.save_supervisor_state_full(
         new_state(state=SupervisorStateKind.WAITING_FOR_TASKS)
     )
-    done = await store.create_task(state.id)
-    busy = await store.create_task(state.id)
-    for task in (done, busy):
-        await store.add_supervisor_spawned_task(state.id, task.id)
-    await pool.execute("UPDATE supervisor_tasks SET status = 'succeeded' WHERE id = $1", done.id)
+    done = await spawn(pool, state.id, awaited=True)
+    busy = await spawn(pool, state.id, awaited=True)
+    await Services(pool).complete_task(done.id)
+    # Left running by a daemon that died (only an owner starts a task).
     await pool.execute("UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", busy.id)
     outcome = (await restore_outcomes(pool))[state.id]
     assert outcome.context.awaited_task_ids == (busy.id,)

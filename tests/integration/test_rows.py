@@ -17,7 +17,7 @@ from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.restoration.run import restore_manually
 from daemon.store import EventStore, Store
 from tests.factories import new_state
-from tests.queues import running, submit_together
+from tests.queues import running, spawn, submit_together
 
 
 def _message(n: int) -> dict[str, Any]:
@@ -191,9 +191,7 @@ async def test_a_running_supervisor_pages_its_history_but_holds_none(
             assert refused["type"] == "error", refused
 
 
-async def test_writers_through_the_view_append_rows_or_replace(
-    pool: asyncpg.Pool[Any], store: Store
-) -> None:
+async def test_writers_through_the_view_append_rows_or_replace(pool: asyncpg.Pool[Any]) -> None:
     """The original system's tools write supervisor_states by its column names."""
     sid, task_id = uuid.uuid4(), uuid.uuid4()
     await pool.execute(
@@ -214,7 +212,9 @@ async def test_writers_through_the_view_append_rows_or_replace(
     assert first == await pool.fetchval(
         "SELECT ctid::text FROM supervisor_messages WHERE supervisor_id = $1 AND seq = 1", sid
     )
-    await store.create_task(sid, task_id=task_id)
+    await pool.execute(
+        "INSERT INTO supervisor_tasks (id, supervisor_id) VALUES ($1, $2)", task_id, sid
+    )
     await pool.execute(
         "UPDATE supervisor_states SET spawned_task_ids = spawned_task_ids || $2::uuid"
         " WHERE id = $1",
@@ -284,10 +284,8 @@ async def test_a_command_agent_starts_with_the_newest_messages_and_the_length(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     history = tuple(_message(n) for n in range(80))
-    task_id = uuid.uuid4()
     state = await store.save_supervisor_state_full(new_state(conversation_history=history))
-    await store.create_task(state.id, task_id=task_id)
-    await store.add_supervisor_spawned_task(state.id, task_id)
+    task_id = (await spawn(pool, state.id, awaited=True)).id
     summary = await store.get_supervisor_summary(state.id)
     assert summary is not None
     sup = Supervisor(

@@ -16,7 +16,7 @@ from daemon.persistence.queue import PersistenceQueue
 from daemon.services import Services, parse_id, pick_choice
 from daemon.store import DaemonRegistry, EventStore, Store
 from tests.factories import new_question, new_state, now
-from tests.queues import running
+from tests.queues import apply_answer, ask, running, spawn
 
 
 def _id(text: str) -> uuid.UUID:
@@ -81,14 +81,14 @@ async def test_prefixes_resolve_when_unique_and_list_candidates_otherwise(
     with pytest.raises(NotFoundError, match="no supervisor id starts with abcf"):
         await services.supervisor_id("abcf")
 
-    task = await store.create_task(a.id, task_id=_id("feed0000-0000-4000-8000-000000000001"))
+    task = await spawn(pool, a.id, _id("feed0000-0000-4000-8000-000000000001"))
     assert await services.task_id("feed") == task.id
     question = new_question(id=_id("beef0000-0000-4000-8000-000000000001"))
-    await store.add_supervisor_pending_question(a.id, question)
+    await ask(pool, a.id, question)
     assert await services.question_id("beef") == question.id
     await services.answer("beef", "yes")
     # Answered and applied (gone from the pending list): the prefix still finds it.
-    await store.remove_supervisor_pending_question(a.id, question.id)
+    await apply_answer(pool, a.id, question.id, "yes")
     with pytest.raises(ConflictError, match="already answered"):
         await services.answer("beef", "no")
 
@@ -99,7 +99,7 @@ async def test_answer_rules_write_nothing_when_refused(
     services = Services(pool)
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(choices=("yes", "no"))
-    await store.add_supervisor_pending_question(state.id, question)
+    await ask(pool, state.id, question)
     with pytest.raises(NotFoundError, match="no supervisor waits on question"):
         await services.answer(uuid.uuid4(), "yes")
     with pytest.raises(BadChoiceError, match="1 yes, 2 no"):
@@ -121,7 +121,7 @@ async def test_answer_rules_write_nothing_when_refused(
 async def test_complete_task_rules(store: Store, pool: asyncpg.Pool[Any]) -> None:
     services = Services(pool)
     state = await store.save_supervisor_state_full(new_state())
-    task = await store.create_task(state.id, spec={"kind": "external"})
+    task = await spawn(pool, state.id, spec={"kind": "external"})
     with pytest.raises(NotFoundError, match="does not exist"):
         await services.complete_task(uuid.uuid4())
     done = await services.complete_task(task.id, TaskStatus.FAILED, {"why": "flaky"})
@@ -164,8 +164,8 @@ async def test_questions_oldest_first(store: Store, pool: asyncpg.Pool[Any]) -> 
         await store.save_supervisor_state_full(state)
     late = new_question(asked_at=now())
     early = new_question(asked_at=now() - timedelta(hours=1), question="<script>x</script>")
-    await store.add_supervisor_pending_question(first.id, late)
-    await store.add_supervisor_pending_question(second.id, early)
+    await ask(pool, first.id, late)
+    await ask(pool, second.id, early)
     pending = await services.pending_questions()
     assert [item.question.id for item in pending] == [early.id, late.id]
     assert pending[0].supervisor_id == second.id
@@ -179,9 +179,9 @@ async def test_supervisor_page_with_journal_and_conversation_pages(
     services = Services(pool)
     messages = tuple({"role": "assistant", "content": f"message {n}"} for n in range(1, 8))
     state = await store.save_supervisor_state_full(new_state(conversation_history=messages))
-    await store.create_task(state.id, spec={"command": "true"})
+    await spawn(pool, state.id, spec={"command": "true"})  # the journal's first event
     async with running(PersistenceQueue(EventStore(pool))) as queue:
-        for n in range(5):
+        for n in range(4):
             await queue.submit(events.activity_reported(state.id, f"step {n}"))
 
     page = await services.supervisor(str(state.id)[:6], journal_limit=2)

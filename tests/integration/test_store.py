@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-import anyio
+import asyncpg
 import pytest
 
-from daemon.errors import NotFoundError, PermanentDatabaseError
-from daemon.models import (
-    RestorationSource,
-    SupervisorStateKind,
-    UpdateSupervisorStateRequest,
-)
+from daemon.errors import ConflictError
+from daemon.models import SupervisorStateKind
 from daemon.store import Store
 from tests.factories import new_question, new_state
+from tests.queues import apply_answer, ask, spawn
 
 
-async def test_save_full_inserts_then_overwrites(store: Store) -> None:
-    state = new_state(progress=10)
+async def _journal_length(pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID) -> int:
+    return int(
+        await pool.fetchval("SELECT last_event_seq FROM supervisors WHERE id = $1", supervisor_id)
+    )
+
+
+async def test_save_full_creates_and_never_overwrites(
+    store: Store, pool: asyncpg.Pool[Any]
+) -> None:
+    state = new_state(progress=10, spawned_task_ids=(uuid.uuid4(),))
     saved = await store.save_supervisor_state_full(state)
     assert saved.id == state.id
     assert saved.conversation_history == state.conversation_history
+    assert saved.spawned_task_ids == state.spawned_task_ids
     assert saved.state is SupervisorStateKind.INITIALIZING
+    assert (saved.owner_daemon_id, saved.owner_epoch) == (None, 0)
+    assert await _journal_length(pool, state.id) == 0
 
-    changed = state.evolve(progress=55, state=SupervisorStateKind.WORKING, phase="implement")
-    again = await store.save_supervisor_state_full(changed)
-    assert (again.progress, again.state, again.phase) == (
-        55,
-        SupervisorStateKind.WORKING,
-        "implement",
-    )
-    assert again.created_at == saved.created_at
+    # A supervisor that exists changes only through its events: never overwritten.
+    changed = state.evolve(progress=55, conversation_history=())
+    with pytest.raises(ConflictError, match="exists already"):
+        await store.save_supervisor_state_full(changed)
+    assert await store.get_supervisor(state.id) == saved
     assert len(await store.list_supervisors()) == 1
 
 
@@ -42,147 +48,56 @@ async def test_get_for_restoration_none_when_missing(store: Store) -> None:
     assert loaded == state
 
 
-async def test_update_detailed_state_leaves_unset_columns(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state(current_activity="planning"))
-    updated = await store.update_supervisor_detailed_state(
-        state.id, UpdateSupervisorStateRequest(state=SupervisorStateKind.WORKING, progress=40)
-    )
-    assert updated.state is SupervisorStateKind.WORKING
-    assert updated.progress == 40
-    assert updated.current_activity == "planning"
-    assert updated.last_activity >= state.last_activity
-
-
-async def test_update_detailed_state_rejects_bad_progress(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state())
-    with pytest.raises(PermanentDatabaseError, match="CheckViolation"):
-        await store.update_supervisor_detailed_state(
-            state.id, UpdateSupervisorStateRequest(progress=101)
-        )
-
-
-async def test_unknown_supervisor_is_not_found(store: Store) -> None:
-    missing = uuid.uuid4()
-    with pytest.raises(NotFoundError):
-        await store.update_supervisor_phase(missing, "review")
-    with pytest.raises(NotFoundError):
-        await store.add_supervisor_spawned_task(missing, uuid.uuid4())
-    with pytest.raises(NotFoundError):
-        await store.mark_supervisor_restored(missing, RestorationSource.MANUAL)
-
-
-async def test_add_spawned_task_is_idempotent_and_awaited(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state())
-    task, quiet = uuid.uuid4(), uuid.uuid4()
-    await store.add_supervisor_spawned_task(state.id, task)
-    await store.add_supervisor_spawned_task(state.id, task)
-    await store.add_supervisor_spawned_task(state.id, quiet, await_task=False)
-    loaded = await store.get_supervisor(state.id)
-    assert loaded is not None
-    assert loaded.spawned_task_ids == (task, quiet)
-    assert loaded.pending_task_ids == (task,)
-
-
-async def test_pending_question_add_and_remove(store: Store) -> None:
+async def test_questions_asked_and_answered_through_events(
+    store: Store, pool: asyncpg.Pool[Any]
+) -> None:
+    """An answer that leaves no question pending ends waiting_for_user (apply_batch)."""
     state = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
     first, second = new_question(), new_question(question="Which database?", choices=())
-    await store.add_supervisor_pending_question(state.id, first)
-    await store.add_supervisor_pending_question(state.id, first)  # same id: once
-    await store.add_supervisor_pending_question(state.id, second)
+    await ask(pool, state.id, first, second)
     loaded = await store.get_supervisor(state.id)
     assert loaded is not None
     assert loaded.pending_questions == (first, second)
     assert loaded.state is SupervisorStateKind.WAITING_FOR_USER
 
-    await store.remove_supervisor_pending_question(state.id, first.id)
+    await apply_answer(pool, state.id, first.id, "yes")
     loaded = await store.get_supervisor(state.id)
     assert loaded is not None
     assert loaded.pending_questions == (second,)
     assert loaded.state is SupervisorStateKind.WAITING_FOR_USER
 
-    await store.remove_supervisor_pending_question(state.id, second.id)
+    await apply_answer(pool, state.id, second.id, "Postgres")
     loaded = await store.get_supervisor(state.id)
     assert loaded is not None
     assert loaded.pending_questions == ()
     assert loaded.state is SupervisorStateKind.WORKING
-
-    with pytest.raises(NotFoundError, match="not pending"):
-        await store.remove_supervisor_pending_question(state.id, second.id)
+    assert await _journal_length(pool, state.id) == 4  # each change journaled
 
 
-async def test_get_supervisors_with_pending_questions(store: Store) -> None:
+async def test_get_supervisors_with_pending_questions(
+    store: Store, pool: asyncpg.Pool[Any]
+) -> None:
     asking = await store.save_supervisor_state_full(new_state())
     await store.save_supervisor_state_full(new_state())
-    await store.add_supervisor_pending_question(asking.id, new_question())
+    await ask(pool, asking.id, new_question())
     found = await store.get_supervisors_with_pending_questions()
     assert [s.id for s in found] == [asking.id]
 
 
-async def test_mark_restored_counts(store: Store) -> None:
+async def test_validate_spawned_tasks_finds_missing_rows(
+    store: Store, pool: asyncpg.Pool[Any]
+) -> None:
     state = await store.save_supervisor_state_full(new_state())
-    assert await store.mark_supervisor_restored(state.id, RestorationSource.DAEMON_RESTART) == 1
-    assert await store.mark_supervisor_restored(state.id, RestorationSource.MANUAL) == 2
-    loaded = await store.get_supervisor(state.id)
-    assert loaded is not None
-    assert loaded.restoration_source is RestorationSource.MANUAL
-    assert loaded.last_restored_at is not None
-
-
-async def test_validate_spawned_tasks_finds_missing_rows(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state())
-    real = await store.create_task(state.id, spec={"command": "true"})
+    real = await spawn(pool, state.id, spec={"command": "true"})
     ghost = uuid.uuid4()
-    await store.add_supervisor_spawned_task(state.id, real.id)
-    await store.add_supervisor_spawned_task(state.id, ghost)
+    # An id recorded as spawned without a task row, as an older writer left it.
+    await pool.execute(
+        "UPDATE supervisors SET unrecorded_task_ids = unrecorded_task_ids || $2::uuid"
+        " WHERE id = $1",
+        state.id,
+        ghost,
+    )
     check = await store.validate_spawned_tasks(state.id)
     assert check.found == (real.id,)
     assert check.missing == (ghost,)
     assert not check.all_exist
-
-
-async def test_update_phase_and_checkpoint(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state())
-    moved = await store.update_supervisor_phase(state.id, "implement")
-    assert moved.phase == "implement"
-    checkpoint_id = await store.save_checkpoint(state.id)
-    latest = await store.latest_checkpoint(state.id)
-    assert latest is not None
-    assert latest["id"] == checkpoint_id
-    assert latest["phase"] == "implement"
-    assert latest["snapshot"]["id"] == str(state.id)
-
-
-async def test_heartbeat_updates_last_activity_only_when_asked(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state(progress=5))
-    await store.update_supervisor_heartbeat_state(state.id)
-    loaded = await store.get_supervisor(state.id)
-    assert loaded is not None
-    assert loaded.progress == 5
-    assert loaded.last_activity > state.last_activity
-    await store.update_supervisor_heartbeat_state(
-        state.id, progress=70, state=SupervisorStateKind.WORKING
-    )
-    loaded = await store.get_supervisor(state.id)
-    assert loaded is not None
-    assert (loaded.progress, loaded.state) == (70, SupervisorStateKind.WORKING)
-
-
-async def test_fifty_concurrent_writers_lose_nothing(store: Store) -> None:
-    state = await store.save_supervisor_state_full(new_state())
-    task_ids = [uuid.uuid4() for _ in range(50)]
-    questions = [new_question(question=f"q{i}") for i in range(50)]
-
-    async def writer(i: int) -> None:
-        await store.add_supervisor_spawned_task(state.id, task_ids[i])
-        await store.add_supervisor_pending_question(state.id, questions[i])
-
-    async with anyio.create_task_group() as tg:
-        for i in range(50):
-            tg.start_soon(writer, i)
-
-    loaded = await store.get_supervisor(state.id)
-    assert loaded is not None
-    assert sorted(loaded.spawned_task_ids) == sorted(task_ids)
-    assert sorted(loaded.pending_task_ids) == sorted(task_ids)
-    assert {q.id for q in loaded.pending_questions} == {q.id for q in questions}
-    assert len(loaded.pending_questions) == 50

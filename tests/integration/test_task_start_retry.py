@@ -20,6 +20,7 @@ from daemon.store import Store, TaskChange, WorkStore
 from tests.factories import new_state
 from tests.integration.test_late_commit import _until_waiting
 from tests.proxy import ResettingProxy
+from tests.queues import spawn
 
 
 async def test_a_start_retried_after_a_lost_reply_is_the_callers_own(
@@ -34,10 +35,7 @@ async def test_a_start_retried_after_a_lost_reply_is_the_callers_own(
     await pool.execute(
         "UPDATE supervisors SET owner_daemon_id = 'd1', owner_epoch = 7 WHERE id = $1", sid
     )
-    await pool.execute(
-        "INSERT INTO supervisor_tasks (id, supervisor_id, spec) VALUES ($1, $2, $3)",
-        task_id, sid, {"command": "true"},
-    )  # fmt: skip
+    await spawn(pool, sid, task_id, spec={"command": "true"})
     outcome: list[TaskChange] = []
     watcher = await asyncpg.connect(dsn)
     locker = await asyncpg.connect(dsn)

@@ -18,6 +18,7 @@ from daemon.store import DaemonRegistry, Store
 from daemon.web.app import create_app
 from daemon.web.openapi import document
 from tests.factories import new_question, new_state
+from tests.queues import ask, spawn
 
 TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - a test token
 
@@ -45,16 +46,18 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-async def _waiting(store: Store, **question: Any) -> tuple[uuid.UUID, uuid.UUID]:
-    state = await store.save_supervisor_state_full(new_state(phase="review"))
+async def _waiting(pool: asyncpg.Pool[Any], **question: Any) -> tuple[uuid.UUID, uuid.UUID]:
+    state = await Store(pool).save_supervisor_state_full(new_state(phase="review"))
     asked = new_question(**question)
-    await store.add_supervisor_pending_question(state.id, asked)
+    await ask(pool, state.id, asked)
     return state.id, asked.id
 
 
-async def test_inbox_escapes_what_agents_wrote(client: httpx.AsyncClient, store: Store) -> None:
-    await _waiting(store, question=XSS, choices=("<b>yes</b>", "no"), context="<i>ctx</i>")
-    await _waiting(store, question="Free text?", choices=())
+async def test_inbox_escapes_what_agents_wrote(
+    client: httpx.AsyncClient, pool: asyncpg.Pool[Any]
+) -> None:
+    await _waiting(pool, question=XSS, choices=("<b>yes</b>", "no"), context="<i>ctx</i>")
+    await _waiting(pool, question="Free text?", choices=())
     page = await client.get("/")
     assert page.status_code == 200
     html = page.text
@@ -72,7 +75,7 @@ async def test_inbox_escapes_what_agents_wrote(client: httpx.AsyncClient, store:
 async def test_answering_from_the_page_follows_the_cli_rules(
     client: httpx.AsyncClient, store: Store, pool: asyncpg.Pool[Any]
 ) -> None:
-    supervisor_id, question_id = await _waiting(store, choices=("yes", "no"))
+    supervisor_id, question_id = await _waiting(pool, choices=("yes", "no"))
     csrf = _csrf((await client.get("/")).text)
     url = f"/questions/{question_id}/answer"
 
@@ -106,7 +109,7 @@ async def test_answering_from_the_page_follows_the_cli_rules(
     assert tuple(row.values()) == ("yes", "web page")
 
     # From a supervisor's page, back to it.
-    _, other = await _waiting(store, choices=("go", "stop"))
+    _, other = await _waiting(pool, choices=("go", "stop"))
     back = await client.post(
         f"/questions/{other}/answer",
         data={"answer": "2", "csrf": csrf, "next": f"/supervisors/{supervisor_id}"},
@@ -127,7 +130,7 @@ async def test_supervisors_pages(
     )
     await store.save_supervisor_state_full(parked)
     await store.save_supervisor_state_full(new_state(phase="review"))
-    await store.create_task(parked.id, spec={"command": "echo <hi>"})
+    await spawn(pool, parked.id, spec={"command": "echo <hi>"})
     await pool.execute(
         "UPDATE supervisor_states SET owner_daemon_id = 'd-1' WHERE id = $1", parked.id
     )
@@ -184,7 +187,7 @@ async def test_only_loopback_host_names_are_served(client: httpx.AsyncClient) ->
 async def test_a_token_is_asked_once_then_kept_in_a_cookie(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
-    await _waiting(store)
+    await _waiting(pool)
     async with _client(pool, token=TOKEN) as client:
         first = await client.get("/", headers={"accept": "text/html"})
         assert (first.status_code, first.headers["location"]) == (303, "/login?next=/")
@@ -211,7 +214,7 @@ async def test_a_token_is_asked_once_then_kept_in_a_cookie(
 
 
 async def test_json_api(client: httpx.AsyncClient, store: Store, pool: asyncpg.Pool[Any]) -> None:
-    supervisor_id, question_id = await _waiting(store, choices=("yes", "no"))
+    supervisor_id, question_id = await _waiting(pool, choices=("yes", "no"))
     parked = new_state(state=SupervisorStateKind.BLOCKED, error_message="stuck")
     await store.save_supervisor_state_full(parked)
 

@@ -13,6 +13,7 @@ from daemon.store import Store, notify_question
 from daemon.web.live import Live, News
 from daemon.work.delivery import notify_body
 from tests.factories import new_question, new_state
+from tests.queues import apply_answer, ask
 
 DEADLINE_S = 30.0
 
@@ -35,7 +36,7 @@ async def test_news_from_notify_then_from_polls_while_listen_is_down(
                 while not live.listening:
                     await anyio.sleep(0.01)
             asked = new_question()
-            await store.add_supervisor_pending_question(state.id, asked)
+            await ask(pool, state.id, asked)
             body = notify_body(state.id, asked, redelivery=False)
             await notify_question(pool, body)
             assert await _next(news) == News("question", str(asked.id))
@@ -48,8 +49,8 @@ async def test_news_from_notify_then_from_polls_while_listen_is_down(
             )
             assert killed == 1
             missed = new_question()
-            await store.add_supervisor_pending_question(state.id, missed)
-            await store.remove_supervisor_pending_question(state.id, asked.id)
+            await ask(pool, state.id, missed)
+            await apply_answer(pool, state.id, asked.id, "yes")
             found = {await _next(news), await _next(news)}
             assert found == {News("question", str(missed.id)), News("resolved", str(asked.id))}
 

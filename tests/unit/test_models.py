@@ -20,7 +20,6 @@ from daemon.models import (
     SupervisorRestorationContext,
     SupervisorState,
     SupervisorStateKind,
-    UpdateSupervisorStateRequest,
 )
 
 aware_datetimes = st.datetimes(
@@ -118,19 +117,6 @@ def test_restoration_context_round_trips(context: SupervisorRestorationContext) 
 )
 def test_validation_result_round_trips(result: StateValidationResult) -> None:
     assert StateValidationResult.from_json(_wire(result.to_json())) == result
-
-
-@given(
-    st.builds(
-        UpdateSupervisorStateRequest,
-        state=st.none() | st.sampled_from(SupervisorStateKind),
-        current_activity=st.none() | texts,
-        progress=st.none() | st.integers(0, 100),
-        error_message=st.none() | texts,
-    )
-)
-def test_update_request_round_trips(request: UpdateSupervisorStateRequest) -> None:
-    assert UpdateSupervisorStateRequest.from_json(_wire(request.to_json())) == request
 
 
 def test_wire_names_are_camel_case() -> None:

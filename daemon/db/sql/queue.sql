@@ -62,7 +62,10 @@ upd AS (
     -- $2 repeats the ids as an array so the rows are found through the primary key
     -- (the planner cannot know how many rows the document holds and would otherwise
     -- scan the whole table for a batch of one).
-    WHERE s.id = ANY ($2::uuid[]) AND s.id = b.i AND (b.ep IS NULL OR s.owner_epoch = b.ep)
+    WHERE s.id = ANY ($2::uuid[]) AND s.id = b.i
+      -- Fenced: the epoch the writer holds; an event naming none (tests, benchmarks:
+      -- outside every daemon) writes only a supervisor no daemon owns.
+      AND (s.owner_epoch = b.ep OR (b.ep IS NULL AND s.owner_daemon_id IS NULL))
       -- Compare-and-set: a row whose newest event is this batch's last one was written
       -- by an earlier attempt of this batch. Checked on the row itself, under its lock:
       -- when that attempt is still committing, this statement waits for it and then

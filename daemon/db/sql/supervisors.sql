@@ -1,5 +1,8 @@
 -- save_supervisor_state_full --
--- Insert a supervisor's whole state, or overwrite every state column of an existing one (its history and spawned tasks follow with set_supervisor_history_and_tasks)
+-- Create a supervisor with its whole state: a brand-new row, no owner, no journal yet; nothing when the id exists (a supervisor that exists changes only through apply_batch, restoration and claims, under its epoch)
+-- Not an event and not fenced, by design: a row that did not exist has no owner and
+-- no epoch a write could be fenced by, and ON CONFLICT DO NOTHING leaves every row that
+-- does exist as it is. Its journal starts with the first event its owner writes.
 INSERT INTO supervisors (
     id, contract_id, task_id, pending_task_ids, phase, last_activity, state,
     current_activity, progress, error_message, pending_questions, restoration_count,
@@ -7,27 +10,15 @@ INSERT INTO supervisors (
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
 )
-ON CONFLICT (id) DO UPDATE SET
-    contract_id = EXCLUDED.contract_id,
-    task_id = EXCLUDED.task_id,
-    pending_task_ids = EXCLUDED.pending_task_ids,
-    phase = EXCLUDED.phase,
-    last_activity = EXCLUDED.last_activity,
-    state = EXCLUDED.state,
-    current_activity = EXCLUDED.current_activity,
-    progress = EXCLUDED.progress,
-    error_message = EXCLUDED.error_message,
-    pending_questions = EXCLUDED.pending_questions,
-    restoration_count = EXCLUDED.restoration_count,
-    last_restored_at = EXCLUDED.last_restored_at,
-    restoration_source = EXCLUDED.restoration_source,
-    agent = EXCLUDED.agent,
-    updated_at = now()
+ON CONFLICT (id) DO NOTHING
 RETURNING id
 
--- set_supervisor_history_and_tasks --
--- Make a supervisor's history $2 and its spawned task ids $3: appended items become rows, anything else replaces (functions of 20260901000000_what_grows_as_rows.sql)
-SELECT supervisor_history_set($1, $2::jsonb), supervisor_spawned_set($1, $3::uuid[])
+-- set_new_supervisor_history_and_tasks --
+-- The history ($2) and spawned task ids ($3) of a supervisor save_supervisor_state_full has just inserted, in its transaction, as rows (functions of 20260901000000_what_grows_as_rows.sql); nothing for a supervisor with a journal, messages or tasks already
+SELECT supervisor_history_set(s.id, $2::jsonb), supervisor_spawned_set(s.id, $3::uuid[])
+FROM supervisors s
+WHERE s.id = $1 AND s.owner_daemon_id IS NULL AND s.last_event_seq = 0
+  AND s.message_seq = 0 AND s.task_seq = 0
 
 -- get_supervisor --
 -- One supervisor's whole state (its history and spawned tasks assembled by the view), or nothing
@@ -60,79 +51,6 @@ WHERE ($1::text IS NULL OR state = $1)
 ORDER BY created_at DESC, id
 LIMIT $2
 
--- update_supervisor_detailed_state --
--- Change state, activity, progress and error message; NULL leaves a column as it is; returns the whole state
-WITH u AS (
-    UPDATE supervisors SET
-        state = COALESCE($2, state),
-        current_activity = COALESCE($3, current_activity),
-        progress = COALESCE($4, progress),
-        error_message = COALESCE($5, error_message),
-        last_activity = now(),
-        updated_at = now()
-    WHERE id = $1
-    RETURNING *
-)
-SELECT u.*, COALESCE(u.legacy_history, supervisor_history(u.id)) AS conversation_history,
-       supervisor_spawned_tasks(u.id) || u.unrecorded_task_ids AS spawned_task_ids
-FROM u
-
--- add_supervisor_spawned_task --
--- Record a spawned task (once): its task row takes the next place, an id without one is kept as unrecorded; false when the supervisor does not exist (the row stays locked until the transaction ends)
-SELECT supervisor_spawned_add($1, $2)
-
--- await_supervisor_task --
--- Await a task (once) when $3
-UPDATE supervisors SET
-    pending_task_ids = CASE WHEN NOT $3 OR $2 = ANY (pending_task_ids) THEN pending_task_ids
-                            ELSE array_append(pending_task_ids, $2) END,
-    last_activity = now(),
-    updated_at = now()
-WHERE id = $1
-RETURNING id
-
--- add_supervisor_pending_question --
--- Append a question (once, by id) and mark the supervisor waiting for its user
-UPDATE supervisors SET
-    pending_questions = CASE
-        WHEN pending_questions @> jsonb_build_array(jsonb_build_object('id', $3::text))
-            THEN pending_questions
-        ELSE pending_questions || jsonb_build_array($2::jsonb) END,
-    state = 'waiting_for_user',
-    last_activity = now(),
-    updated_at = now()
-WHERE id = $1
-RETURNING id
-
--- remove_supervisor_pending_question --
--- Drop a pending question by id; a supervisor left with none stops waiting for its user
-UPDATE supervisors SET
-    pending_questions = (
-        SELECT COALESCE(jsonb_agg(q ORDER BY ord), '[]'::jsonb)
-        FROM jsonb_array_elements(pending_questions) WITH ORDINALITY AS e(q, ord)
-        WHERE q->>'id' IS DISTINCT FROM $2::text),
-    state = CASE
-        WHEN state = 'waiting_for_user' AND NOT EXISTS (
-            SELECT 1 FROM jsonb_array_elements(pending_questions) AS e(q)
-            WHERE q->>'id' IS DISTINCT FROM $2::text)
-            THEN 'working'
-        ELSE state END,
-    last_activity = now(),
-    updated_at = now()
-WHERE id = $1
-  AND pending_questions @> jsonb_build_array(jsonb_build_object('id', $2::text))
-RETURNING id
-
--- mark_supervisor_restored --
--- Count one more restoration, with its time and source
-UPDATE supervisors SET
-    restoration_count = restoration_count + 1,
-    last_restored_at = now(),
-    restoration_source = $2,
-    updated_at = now()
-WHERE id = $1
-RETURNING restoration_count
-
 -- get_supervisors_with_pending_questions --
 -- Every supervisor that still waits on at least one question (without its history)
 SELECT s.*, s.message_seq AS history_length,
@@ -153,41 +71,6 @@ SELECT u.task_id, EXISTS (SELECT 1 FROM supervisor_tasks t
 FROM supervisors s
 CROSS JOIN LATERAL unnest(s.unrecorded_task_ids) AS u(task_id)
 WHERE s.id = $1
-
--- update_supervisor_phase --
--- Move a supervisor to another phase; returns the whole state
-WITH u AS (
-    UPDATE supervisors SET
-        phase = $2,
-        last_activity = now(),
-        updated_at = now()
-    WHERE id = $1
-    RETURNING *
-)
-SELECT u.*, COALESCE(u.legacy_history, supervisor_history(u.id)) AS conversation_history,
-       supervisor_spawned_tasks(u.id) || u.unrecorded_task_ids AS spawned_task_ids
-FROM u
-
--- update_supervisor_heartbeat_state --
--- A heartbeat: the supervisor is alive; state, activity and progress when given
-UPDATE supervisors SET
-    state = COALESCE($2, state),
-    current_activity = COALESCE($3, current_activity),
-    progress = COALESCE($4, progress),
-    last_activity = now(),
-    updated_at = now()
-WHERE id = $1
-RETURNING id
-
--- save_checkpoint --
--- Snapshot a supervisor's current row as a checkpoint of its current phase, with the positions of its history and spawned tasks
-INSERT INTO supervisor_checkpoints (supervisor_id, phase, snapshot, event_seq, message_seq,
-                                    task_seq)
-SELECT id, phase, to_jsonb(s) - 'owner_daemon_id' - 'owner_epoch', last_event_seq,
-       message_seq, task_seq
-FROM supervisors s
-WHERE id = $1
-RETURNING id
 
 -- latest_checkpoint --
 -- The newest checkpoint of a supervisor
