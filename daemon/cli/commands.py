@@ -27,9 +27,7 @@ import anyio
 from daemon import __version__, logs
 from daemon.cli import text as cli_text
 from daemon.config import Settings, load_settings, web_address
-from daemon.db import migrations
 from daemon.db.database import open_database
-from daemon.db.pool import connect
 from daemon.errors import (
     EX_CONFIG,
     EX_SOFTWARE,
@@ -207,17 +205,13 @@ async def cmd_tasks_complete(settings: Settings, args: argparse.Namespace) -> in
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as db:
-        conn = await connect(db.dsn)
-        try:
-            if not args.status:
-                applied = await migrations.migrate(conn)
-                print(f"applied {len(applied)} migration(s)")
-                for name in applied:
-                    print(f"  {name}")
-                return 0
-            rows = await migrations.status(conn)
-        finally:
-            await conn.close()
+        if not args.status:
+            applied = await db.migrate()
+            print(f"applied {len(applied)} migration(s)")
+            for name in applied:
+                print(f"  {name}")
+            return 0
+        rows = await db.migration_status()
     if args.json:
         _print_json([{"name": r.name, "state": r.state, "appliedAt": r.applied_at} for r in rows])
     elif rows:

@@ -23,7 +23,7 @@ import anyio.abc
 
 from daemon import __version__
 from daemon.config import Settings, resolve_daemon_id
-from daemon.db import embedded, migrations
+from daemon.db import embedded
 from daemon.db.database import Database, open_database
 from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, DaemonIdInUseError
 from daemon.logs import get_logger, set_daemon_id
@@ -193,8 +193,7 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
     log.info("daemon.starting", version=__version__, pid=os.getpid())
     systemd.status("opening the database")
     async with open_database(settings, wait_s=settings.connect_wait_s) as db:
-        async with db.pool.acquire() as conn:
-            applied = await migrations.migrate(conn)
+        applied = await db.migrate()
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
         queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
         hosts: list[Host] = []  # the Host, once agents run (for the metrics)

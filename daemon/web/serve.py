@@ -20,7 +20,6 @@ import anyio
 import uvicorn
 
 from daemon.config import Settings
-from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
@@ -75,8 +74,7 @@ async def serve(settings: Settings, guard: CrashLoopGuard) -> None:
     shown = f"[{host}]" if ":" in host else host
     async with open_database(settings) as db:
         # Like `run`: the page may be the first thing started on a new database.
-        async with db.pool.acquire() as conn:
-            await migrations.migrate(conn)
+        await db.migrate()
         services = Services(db.pool, guard=guard)
         live = Live(db.pool, services)
         app = create_app(services, live=live, token=settings.web_token, loopback=loopback)
