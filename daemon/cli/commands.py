@@ -39,8 +39,8 @@ from daemon.errors import (
     MigrationError,
 )
 from daemon.models import PHASES, SupervisorStateKind, TaskStatus
-from daemon.restoration.plan import CrashLoopGuard
 from daemon.services import Services, parse_id
+from daemon.store import Stores, WorkStore
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
 T = TypeVar("T")
@@ -76,12 +76,21 @@ def _print_json(value: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _services(
-    settings: Settings, *, guard: CrashLoopGuard | None = None
-) -> AsyncIterator[Services]:
-    """People's commands over the configured database, for one CLI command."""
+async def _opened(settings: Settings) -> AsyncIterator[tuple[Stores, Services]]:
+    """The stores over the configured database and people's commands over them, made
+    once for one CLI command (as `web` makes them once for its process)."""
+    from daemon.runtime.components import crash_loop_guard  # noqa: PLC0415 - CLI start
+
     async with open_database(settings) as db:
-        yield Services(db.pool, guard=guard)
+        stores = Stores.of(db)
+        yield stores, Services(stores, guard=crash_loop_guard(settings))
+
+
+@contextlib.asynccontextmanager
+async def _services(settings: Settings) -> AsyncIterator[Services]:
+    """People's commands over the configured database, for one CLI command."""
+    async with _opened(settings) as (_, services):
+        yield services
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -104,11 +113,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
     from daemon.web.serve import serve  # noqa: PLC0415 - keep CLI start fast
 
     address = args.address or settings.web_address
-    await serve(dataclasses.replace(settings, web_address=address), crash_loop_guard(settings))
+    await serve(dataclasses.replace(settings, web_address=address))
     return 0
 
 
@@ -134,7 +142,7 @@ async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> in
     return 0
 
 
-async def _whole(work: Any, body: dict[str, Any]) -> dict[str, Any]:
+async def _whole(work: WorkStore, body: dict[str, Any]) -> dict[str, Any]:
     """A delivered question in full: a NOTIFY carries a bounded preview (`truncated`
     says whether it is all of it); the whole one is read by its id while pending."""
     from daemon.models import PendingQuestion  # noqa: PLC0415
@@ -144,17 +152,16 @@ async def _whole(work: Any, body: dict[str, Any]) -> dict[str, Any]:
         return body
     try:
         found = await work.find_pending_question(uuid.UUID(str(body.get("questionId"))))
-        question = None if found is None else PendingQuestion.from_json(found["question"])
+        if found is None:
+            return body
+        question = PendingQuestion.from_json(found["question"])
     except ValueError:  # not an id, or a question no longer readable: show the preview
-        return body
-    if question is None:
         return body
     return payload(found["supervisor_id"], question, redelivery=bool(body.get("redelivery")))
 
 
 async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> int:
     """The pending questions, then each new one as a daemon delivers it, until Ctrl-C."""
-    from daemon.store import WorkStore, question_feed  # noqa: PLC0415
     from daemon.work.delivery import payload  # noqa: PLC0415
 
     seen: set[str] = set()
@@ -167,7 +174,7 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
         print(json.dumps(body) if args.json else cli_text.question_line(body), flush=True)
 
     stopped = False
-    async with open_database(settings) as db, question_feed(db.pool) as feed:
+    async with _opened(settings) as (stores, services), stores.work.question_feed() as feed:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
 
@@ -180,12 +187,12 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
                 tg.start_soon(stop_on_signal)
                 # Listening first, then listing: a question asked in between shows once.
                 # One answered while no daemon ran waits for nobody: not shown.
-                for item in await Services(db.pool).pending_questions():
+                for item in await services.pending_questions():
                     if item.answer is None:
                         show(payload(item.supervisor_id, item.question, redelivery=False))
                 async for body in feed:
                     if str(body.get("questionId")) not in seen:
-                        show(await _whole(WorkStore(db.pool), body))
+                        show(await _whole(stores.work, body))
                 tg.cancel_scope.cancel()  # the feed ended: its connection was lost
     if not stopped:
         raise DatabaseUnavailableError("lost the connection to the database")
@@ -305,8 +312,8 @@ async def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
         older_than = timedelta(days=settings.retention_days)
     else:
         raise DaemonError("say how old: --older-than 30d (or set SUPERVISOR_DAEMON_RETENTION_DAYS)")
-    async with open_database(settings) as db:
-        report = await prune(db.pool, older_than, dry_run=args.dry_run)
+    async with _opened(settings) as (stores, _):
+        report = await prune(stores.retention, older_than, dry_run=args.dry_run)
     if args.json:
         _print_json(dataclasses.asdict(report))
     else:
@@ -315,9 +322,7 @@ async def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.runtime.lifecycle import crash_loop_guard  # noqa: PLC0415
-
-    async with _services(settings, guard=crash_loop_guard(settings)) as services:
+    async with _services(settings) as services:
         outcome = await services.restore(args.id)
     if args.json:
         _print_json(

@@ -121,7 +121,7 @@ async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connect
 # The longest a close may wait for the server's goodbye (or, for a pool, for its
 # connections to come back) before the sockets are cut: the server ends the sessions
 # either way, so nothing is left behind.
-CLOSE_S = 10.0
+CLOSE_S = 5.0
 
 
 async def close(closable: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> None:

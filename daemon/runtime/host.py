@@ -21,7 +21,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import asyncpg
 
 from daemon import agents
 from daemon.agents.supervisor import Supervisor
@@ -46,7 +45,8 @@ log = get_logger()
 class Host:
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        store: Store,
+        work: WorkStore,
         daemon_id: str,
         *,
         queue: PersistenceQueue,
@@ -57,7 +57,8 @@ class Host:
         heartbeat_s: float = 5.0,
         history_tail: int = 50,
     ) -> None:
-        self._pool = pool
+        self._reads = store  # what agents read back: older history, spawned tasks
+        self._work = work
         self._daemon_id = daemon_id
         self._queue = queue
         self._hub = hub
@@ -66,7 +67,6 @@ class Host:
         self._tg = tg
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
-        self._reads = Store(pool)
         self._history_tail = history_tail
         self._scopes: dict[uuid.UUID, anyio.CancelScope] = {}  # each running agent's
         # Grows each time every supervisor is dropped (the lease lapsed): a start that
@@ -93,7 +93,7 @@ class Host:
         the ones just claimed) that names one and is not running yet; how many started."""
         started = 0
         generation = self._generation
-        owned = await WorkStore(self._pool).owned_supervisors(self._daemon_id, supervisor_ids)
+        owned = await self._work.owned_supervisors(self._daemon_id, supervisor_ids)
         if generation != self._generation:
             return 0  # the lease lapsed meanwhile: these were claimed under the old one
         for state in owned:

@@ -25,7 +25,7 @@ from daemon.restoration import plan as restoration
 from daemon.restoration import validation
 from daemon.restoration.plan import CrashLoopGuard
 from daemon.restoration.run import restore_manually
-from daemon.store import DaemonRegistry, Store
+from daemon.store import DaemonRegistry, RestorationStore, Store
 from tests.factories import new_question, new_state
 from tests.queues import restore_outcomes
 
@@ -108,7 +108,7 @@ async def test_valid_state_proceeds_and_is_recorded(pool: asyncpg.Pool[Any], sto
 
 
 async def test_unknown_supervisor_is_reported_not_invented(pool: asyncpg.Pool[Any]) -> None:
-    assert await restore_manually(pool, uuid.uuid4()) is None
+    assert await restore_manually(RestorationStore(pool), uuid.uuid4()) is None
 
 
 async def _checkpoint(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> None:
@@ -266,7 +266,7 @@ async def test_crash_loop_parks_and_manual_restore_unparks(
     assert f"supervisor-daemon restore {state.id}" in row["error_message"]
     assert state.id not in await restore_outcomes(pool, guard=guard)  # parked stays parked
 
-    manual = await restore_manually(pool, state.id, guard=guard)
+    manual = await restore_manually(RestorationStore(pool), state.id, guard=guard)
     assert manual is not None
     assert manual.outcome == "restored"
     row = await _raw(pool, state.id)
