@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,7 +25,7 @@ from daemon import agents
 from daemon.agents.supervisor import Supervisor
 from daemon.db.outage import sleep_out
 from daemon.errors import TransientDatabaseError
-from daemon.logs import get_logger
+from daemon.logs import Logger, get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.persistence.queue import (
     EventRejectedError,
@@ -176,7 +175,7 @@ class Host:
                 self._scopes.pop(sup.id, None)
 
     @staticmethod
-    async def _drive(agent: agents.Agent, sup: Supervisor, slog: Any) -> None:
+    async def _drive(agent: agents.Agent, sup: Supervisor, slog: Logger) -> None:
         """Run `agent`; when a database outage interrupts it, run it again once the
         database answers. An outage is no verdict on the supervisor: the agent resumes
         from the supervisor's saved state, as after a restoration."""

@@ -39,7 +39,7 @@ from tenacity import (
 )
 
 from daemon.errors import DaemonError
-from daemon.logs import get_logger
+from daemon.logs import Logger, get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.store import WorkStore
 
@@ -218,7 +218,7 @@ class Delivery:
             for question in context.pending_questions:
                 self.webhook(supervisor_id, question, redelivery=True, contract_id=contract_id)
 
-    async def _post(self, body: dict[str, Any], qlog: Any) -> None:
+    async def _post(self, body: dict[str, Any], qlog: Logger) -> None:
         url = str(self._webhook_url)
         data = json.dumps(body).encode()
 
