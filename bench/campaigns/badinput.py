@@ -35,7 +35,7 @@ import anyio
 from bench.campaigns import fuzz
 from bench.campaigns.cluster import ROOT, Server, until
 from bench.campaigns.rig import Rig, rig
-from daemon.cli import commands as cli
+from daemon.cli import entry as cli
 from daemon.services import Services
 from daemon.store import Stores
 
