@@ -18,7 +18,7 @@ import anyio
 import asyncpg
 
 from daemon import logs
-from daemon.cli.commands import loop_options
+from daemon.cli.entry import loop_options
 from daemon.db import embedded, migrations
 from daemon.db.database import ensure_database
 from daemon.db.pool import SERVER_SETTINGS, init_connection

@@ -45,7 +45,7 @@ from daemon.persistence.queue import PersistenceQueue
 from daemon.restoration.plan import CrashLoopGuard
 from daemon.restoration.run import restore_all
 from daemon.runtime.host import Host
-from daemon.store import DaemonRegistry, EventStore, WorkStore
+from daemon.store import DaemonRegistry, EventStore, RestorationStore, Store, WorkStore
 from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
@@ -195,7 +195,7 @@ def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 async def measure_restore(pool: asyncpg.Pool[Any], owner: str, tail: int = 50) -> float:
     started = time.perf_counter()
-    summary = await restore_all(pool, owner, guard=GUARD, history_tail=tail)
+    summary = await restore_all(RestorationStore(pool), owner, guard=GUARD, history_tail=tail)
     elapsed = time.perf_counter() - started
     if summary.by_action != {"proceed": summary.supervisors}:
         raise RuntimeError(f"not every supervisor restored as it was: {summary.by_action}")
@@ -205,7 +205,7 @@ async def measure_restore(pool: asyncpg.Pool[Any], owner: str, tail: int = 50) -
 async def measure_hosting(pool: asyncpg.Pool[Any], dsn: str, owner: str) -> dict[str, float]:
     """Restore the group and start its agents as `run` does; RSS growth per supervisor."""
     queue = PersistenceQueue(EventStore(pool))
-    hub = Hub(pool, dsn)
+    hub = Hub(WorkStore(pool, dsn=dsn))
     contexts: dict[uuid.UUID, Any] = {}
     async with anyio.create_task_group() as tg:
         await tg.start(queue.run)
@@ -213,12 +213,14 @@ async def measure_hosting(pool: asyncpg.Pool[Any], dsn: str, owner: str) -> dict
         gc.collect()
         before = rss_kib()
         await restore_all(
-            pool, owner, guard=GUARD, history_tail=0,  # as `run` restores (lifecycle.py)
+            RestorationStore(pool), owner, guard=GUARD,
+            history_tail=0,  # as `run` restores (lifecycle.py)
             on_outcome=lambda o: contexts.__setitem__(o.supervisor_id, o.context),
         )  # fmt: skip
-        runner = TaskRunner(WorkStore(pool), tg, daemon_id=owner)
-        host = Host(pool, owner, queue=queue, hub=hub, runner=runner,
-                    delivery=Delivery(pool, tg), tg=tg)  # fmt: skip
+        work = WorkStore(pool)
+        runner = TaskRunner(work, tg, daemon_id=owner)
+        host = Host(Store(pool), work, owner, queue=queue, hub=hub, runner=runner,
+                    delivery=Delivery(work, tg), tg=tg)  # fmt: skip
         started = await host.start(contexts)
         contexts.clear()  # as `run` does once the agents started
         await anyio.sleep(0.5)  # every agent has run up to its wait

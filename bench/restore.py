@@ -29,7 +29,7 @@ from bench._setup import history, machine, open_pool, run
 from daemon.db import embedded, migrations
 from daemon.db.database import ensure_database
 from daemon.restoration.run import restore_all
-from daemon.store import DaemonRegistry
+from daemon.store import DaemonRegistry, RestorationStore
 
 # Server-side generation: fast for 100,000 rows, and the same shape for every N.
 FILL = """
@@ -112,7 +112,7 @@ async def measure(dsn: str) -> dict[str, Any]:
             "bench", hostname="h", pid=os.getpid(), version="0", lease_s=3600
         )
         started = time.perf_counter()
-        summary = await restore_all(pool, "bench")
+        summary = await restore_all(RestorationStore(pool), "bench")
         elapsed = time.perf_counter() - started
     finally:
         await pool.close()

@@ -24,7 +24,7 @@ from bench._setup import create_supervisors, fresh_database, machine, open_pool,
 from daemon.ops.gc_tuning import collect_on_a_clock, tune_for_throughput
 from daemon.persistence.queue import PersistenceQueue
 from daemon.runtime.host import Host
-from daemon.store import EventStore, WorkStore
+from daemon.store import EventStore, Store, WorkStore
 from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
@@ -56,15 +56,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "UPDATE supervisors SET owner_daemon_id = 'bench', agent = 'bench.scale:idle_agent'"
             )
             queue = PersistenceQueue(EventStore(pool))
-            hub = Hub(pool, dsn)
+            hub = Hub(WorkStore(pool, dsn=dsn))
             async with anyio.create_task_group() as tg:
                 await tg.start(queue.run)
                 await tg.start(hub.run)
                 gc.collect()
                 before = rss_kib()
-                runner = TaskRunner(WorkStore(pool), tg, daemon_id="bench")
-                host = Host(pool, "bench", queue=queue, hub=hub, runner=runner,
-                            delivery=Delivery(pool, tg), tg=tg,
+                work = WorkStore(pool)
+                runner = TaskRunner(work, tg, daemon_id="bench")
+                host = Host(Store(pool), work, "bench", queue=queue, hub=hub, runner=runner,
+                            delivery=Delivery(work, tg), tg=tg,
                             heartbeat_s=args.heartbeat_s)  # fmt: skip
                 started = await host.start({})
                 await anyio.sleep(0.5)  # every agent has run up to its wait

@@ -85,7 +85,7 @@ async def claim_rounds(pool: asyncpg.Pool[Any], size: int) -> dict[str, Any]:
     claim_s = time.perf_counter() - started
     # ... and d2 the rest, claimed and restored as a running daemon does.
     started = time.perf_counter()
-    summary = await restore_all(pool, "d2", include_own=False, token=tokens["d2"])
+    summary = await restore_all(RestorationStore(pool), "d2", include_own=False, token=tokens["d2"])
     takeover_s = time.perf_counter() - started
     return {
         "supervisors": size,

@@ -17,11 +17,14 @@ import re
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeAlias
 
 import orjson
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+# What `get_logger` returns (and `bind` on it): the filtering logger `configure` makes.
+Logger: TypeAlias = FilteringBoundLogger
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -177,10 +180,11 @@ def configure(
     )
 
 
-def get_logger(**bound: Any) -> Any:
+def get_logger(**bound: Any) -> Logger:
     """A structlog logger with `bound` values on every line.
 
     Lazy: it reads the configuration when it first logs, so module-level loggers follow
     `configure()` (and `structlog.testing.capture_logs`) made after import.
     """
-    return structlog.get_logger(**bound)
+    logger: Logger = structlog.get_logger(**bound)
+    return logger

@@ -24,7 +24,7 @@ from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.restoration.plan import RestorationOutcome
 from daemon.restoration.run import restore_all
-from daemon.store import DaemonRegistry, EventStore, Store
+from daemon.store import DaemonRegistry, EventStore, RestorationStore, Store
 
 
 @contextlib.asynccontextmanager
@@ -44,7 +44,10 @@ async def restore_outcomes(
     found: dict[uuid.UUID, RestorationOutcome] = {}
     await DaemonRegistry(pool).register(daemon_id, hostname="h", pid=1, version="0", lease_s=30)
     await restore_all(
-        pool, daemon_id, on_outcome=lambda o: found.__setitem__(o.supervisor_id, o), **kwargs
+        RestorationStore(pool),
+        daemon_id,
+        on_outcome=lambda o: found.__setitem__(o.supervisor_id, o),
+        **kwargs,
     )
     return found
 

@@ -35,8 +35,9 @@ import anyio
 from bench.campaigns import fuzz
 from bench.campaigns.cluster import ROOT, Server, until
 from bench.campaigns.rig import Rig, rig
-from daemon.cli import commands as cli
+from daemon.cli import entry as cli
 from daemon.services import Services
+from daemon.store import Stores
 
 STALL_S = 30.0  # no reply to a line for this long: the line hangs its agent
 SKIPPED_COMMANDS = {"run", "web", "migrate"}  # they serve, or change the schema
@@ -55,7 +56,7 @@ def _fuzz_progress(directory: Path) -> dict[str, tuple[int, bool]]:
 async def _send_lines(w: Rig, lines: list[bytes], fuzzers: int) -> Path:
     directory = w.root / "fuzz-ledger"
     directory.mkdir()
-    services = Services(w.db)
+    services = Services(Stores.over(w.db))
     for n in range(fuzzers):
         share = w.root / f"lines-{n}.bin"
         share.write_bytes(b"\n".join(lines[n::fuzzers]) + b"\n")

@@ -32,6 +32,7 @@ from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.errors import DaemonError
 from daemon.models import TaskStatus
 from daemon.services import Services
+from daemon.store import Stores
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_APP = "reliability-bench"  # application_name of the bench's own connections
@@ -275,7 +276,7 @@ class Operator:
     person would with `supervisor-daemon answer` and `tasks complete`."""
 
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
-        self.services = Services(pool)
+        self.services = Services(Stores.over(pool))
         self.pool = pool
         self.answering = True
         self.answered = 0

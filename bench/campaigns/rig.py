@@ -29,6 +29,7 @@ from bench.campaigns.cluster import (
 )
 from bench.campaigns.ledger import Check, Findings
 from daemon.services import Services
+from daemon.store import Stores
 
 AGENT = Path(__file__).resolve().parent / "agent.py"
 
@@ -73,7 +74,7 @@ class Rig:
     async def add_load(self, count: int, interval_ms: int) -> list[uuid.UUID]:
         """`count` supervisors driven by the ledger agent, one request per interval."""
         agent = self.agent("load", str(interval_ms), self.runs_file)
-        services = Services(self.db)
+        services = Services(Stores.over(self.db))
         made = [(await services.create_supervisor(agent=agent)).id for _ in range(count)]
         self.load.update(made)
         self.check.supervisors.update(made)

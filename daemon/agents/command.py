@@ -19,7 +19,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -29,7 +29,7 @@ import orjson
 from daemon import limits
 from daemon.agents.supervisor import Supervisor
 from daemon.errors import DaemonError, InvalidInputError
-from daemon.logs import get_logger
+from daemon.logs import Logger, get_logger
 from daemon.models import PHASES, TERMINAL_STATES
 from daemon.persistence.queue import QueueClosedError, SupervisorLostError
 from daemon.restoration.plan import CrashLoopGuard
@@ -245,7 +245,7 @@ class CommandAgent:
             "historyTail": [message.to_json() for message in tail],
         }  # fmt: skip
 
-    async def _run_once(self, sup: Supervisor, first: dict[str, Any], slog: Any) -> int | None:
+    async def _run_once(self, sup: Supervisor, first: dict[str, Any], slog: Logger) -> int | None:
         # Scrubbed: the agent gets no database URL, password or daemon setting.
         env = child_environment({"SUPERVISOR_ID": str(sup.id),
                                  "CONTRACT_ID": str(sup.state.contract_id)})  # fmt: skip
@@ -298,7 +298,7 @@ class CommandAgent:
         return process.returncode
 
     @staticmethod
-    async def _log_stderr(process: anyio.abc.Process, slog: Any) -> None:
+    async def _log_stderr(process: anyio.abc.Process, slog: Logger) -> None:
         if process.stderr is None:
             return
         async for line in _lines(process.stderr):
@@ -306,7 +306,7 @@ class CommandAgent:
                 slog.info("agent.stderr", line=line.decode(errors="replace")[:2000])
 
 
-async def _lines(stream: anyio.abc.ByteReceiveStream) -> Any:
+async def _lines(stream: anyio.abc.ByteReceiveStream) -> AsyncIterator[bytes | None]:
     """Lines from `stream`; None for a line longer than MAX_LINE (then skipped)."""
     buffer = bytearray()
     skipping = False

@@ -1,5 +1,5 @@
 """The `supervisor-daemon` command: parse, call a service, print."""
 
-from daemon.cli.commands import main
+from daemon.cli.entry import main
 
 __all__ = ["main"]

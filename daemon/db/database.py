@@ -21,8 +21,8 @@ from tenacity import (
 )
 
 from daemon.config import Settings
-from daemon.db import embedded, embedded_auth
-from daemon.db.pool import connect, create_pool
+from daemon.db import embedded, embedded_auth, migrations
+from daemon.db.pool import close, connect, create_pool
 from daemon.errors import DatabaseUnavailableError, map_db_errors
 from daemon.logs import get_logger, register_secret
 
@@ -32,6 +32,15 @@ class Database:
     dsn: str
     pool: asyncpg.Pool[Any]
     embedded: bool
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations (daemon/db/migrations.py); their names."""
+        async with self.pool.acquire() as conn:
+            return await migrations.migrate(conn)
+
+    async def migration_status(self) -> list[migrations.MigrationStatus]:
+        async with self.pool.acquire() as conn:
+            return await migrations.status(conn)
 
 
 def register_dsn_secret(dsn: str) -> None:
@@ -69,7 +78,7 @@ async def ensure_database(admin_dsn: str, name: str) -> None:
                     # CREATE DATABASE takes no parameters; `name` is our own constant.
                     await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
-        await conn.close()
+        await close(conn)
 
 
 @contextlib.asynccontextmanager
@@ -80,7 +89,7 @@ async def open_database(settings: Settings, *, wait_s: float = 0.0) -> AsyncIter
     try:
         yield Database(dsn=dsn, pool=pool, embedded=is_embedded)
     finally:
-        await pool.close()
+        await close(pool)
 
 
 async def _open_pool(settings: Settings, wait_s: float) -> tuple[asyncpg.Pool[Any], str, bool]:

@@ -37,7 +37,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 
-from daemon.db.pool import connect
+from daemon.db.pool import close, connect
 from daemon.errors import ConfigError
 from daemon.logs import register_secret
 
@@ -147,7 +147,7 @@ async def require_password(handle: Any, data_dir: Path, pgdata: Path) -> str:
             # Written by a start that stopped before the reload.
             await conn.execute("SELECT pg_reload_conf()")
     finally:
-        await conn.close()
+        await close(conn)
     deadline = anyio.current_time() + RELOAD_WAIT_S
     while await _admits(bare):  # the postmaster reloads on its next loop
         if anyio.current_time() > deadline:
@@ -194,7 +194,7 @@ async def _admits(bare_dsn: str) -> bool:
         conn = await connect(bare_dsn)
     except ConfigError:
         return False
-    await conn.close()
+    await close(conn)
     return True
 
 

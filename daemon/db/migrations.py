@@ -13,6 +13,7 @@ instead of failing on CREATE TABLE, then applies the rest in place.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import re
@@ -20,14 +21,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 
 from daemon.db.pool import AnyConnection
-from daemon.errors import MigrationError, map_db_errors
+from daemon.errors import DatabaseError, MigrationError, map_db_errors
 from daemon.logs import get_logger
 
 # Arbitrary but fixed: the advisory lock key every supervisor-daemon uses for migrations.
 MIGRATION_LOCK_KEY = 0x5D_A3_1C_00
+UNLOCK_S = 5.0  # the longest the unlock may take before the session is ended instead
 _NAME = re.compile(r"^\d{14}_[a-z0-9_]+\.sql$")
 _ORIGINAL_TABLE = "20260101000000_supervisor_states.sql"
 _ORIGINAL_ENHANCEMENT = "20260201000001_enhanced_supervisor_state.sql"
@@ -155,8 +158,25 @@ async def migrate(
                 log.info("migration.applied", migration=migration.name)
                 done.append(migration.name)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            await _unlock(conn)
     return done
+
+
+async def _unlock(conn: AnyConnection) -> None:
+    """Give the migration lock back, cancelled or not: the lock belongs to the session,
+    which outlives a cancelled statement and would keep every other runner waiting.
+    Where the unlock cannot run (a cancellation left the migration's transaction
+    aborted, or the connection is cut or hangs), the session is ended instead, and the
+    lock with it."""
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(UNLOCK_S),
+        contextlib.suppress(DatabaseError),
+        map_db_errors(),
+    ):
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        return
+    conn.terminate()
 
 
 async def status(conn: AnyConnection, *, directory: Path | None = None) -> list[MigrationStatus]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import anyio
 from prometheus_client import (
@@ -236,7 +236,7 @@ async def refresh_from_database(
         await anyio.sleep(interval_s)
 
 
-def serve(address: tuple[str, int], metrics: DaemonMetrics) -> Any:
+def serve(address: tuple[str, int], metrics: DaemonMetrics) -> WSGIServer:
     """Serve /metrics at `address` from a background thread; returns the server (call
     its shutdown() to stop)."""
     server, _thread = start_http_server(address[1], addr=address[0], registry=metrics.registry)

@@ -14,12 +14,14 @@ every event and logs each attempt, and a restart would not bring the database ba
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import anyio
 
+from daemon.logs import get_logger
 from daemon.ops import systemd
 from daemon.persistence.queue import PersistenceQueue
+
+log = get_logger()
 
 
 def interval_s() -> float | None:
@@ -44,7 +46,7 @@ def diagnose(longest_call_s: float, interval: float) -> str | None:
     return None
 
 
-async def ping_while_healthy(queue: PersistenceQueue, interval: float, log: Any) -> None:
+async def ping_while_healthy(queue: PersistenceQueue, interval: float) -> None:
     healthy = True
     while True:
         problem = diagnose(queue.longest_call_s(), interval)

@@ -40,7 +40,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from daemon.config import Settings
 from daemon.db import outage
 from daemon.errors import (
     NotFoundError,
@@ -127,17 +126,6 @@ class PersistenceQueue:
         # Told of each supervisor a write was refused for (fenced by a newer epoch, or
         # gone), with the epoch the refused events named: the host stops that supervisor.
         self.on_lost: Callable[[uuid.UUID, int | None], object] = lambda _sid, _epoch: None
-
-    @classmethod
-    def from_settings(cls, store: EventStore, settings: Settings) -> PersistenceQueue:
-        return cls(
-            store,
-            max_events=settings.queue_max_events,
-            batch_size=settings.queue_batch_size,
-            flush_delay_s=settings.queue_flush_delay_ms / 1000,
-            drain_timeout_s=settings.drain_timeout_s,
-            lanes=settings.queue_lanes,
-        )
 
     # -- intake -------------------------------------------------------------------------
 

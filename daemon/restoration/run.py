@@ -58,7 +58,7 @@ class RestorationSummary:
 
 
 async def restore_all(
-    pool: asyncpg.Pool[Any],
+    store: RestorationStore,
     daemon_id: str,
     *,
     guard: CrashLoopGuard | None = None,
@@ -77,7 +77,6 @@ async def restore_all(
     daemon registered with: a daemon claims only while its own lease is live.
     """
     started = time.perf_counter()
-    store = RestorationStore(pool)
     claimed = await store.claim(daemon_id, capacity, include_own=include_own, token=token)
     if not claimed and not include_own:
         return RestorationSummary(
@@ -95,13 +94,13 @@ async def restore_all(
         for row in claimed
     }
     return await restore(
-        pool, sources, guard=guard or CrashLoopGuard(), on_outcome=on_outcome, started=started,
+        store, sources, guard=guard or CrashLoopGuard(), on_outcome=on_outcome, started=started,
         history_tail=history_tail,
     )  # fmt: skip
 
 
 async def restore_manually(
-    pool: asyncpg.Pool[Any],
+    store: RestorationStore,
     supervisor_id: uuid.UUID,
     *,
     guard: CrashLoopGuard | None = None,
@@ -116,7 +115,7 @@ async def restore_manually(
     runnable again. None when the supervisor does not exist; ConflictError when a
     daemon claimed it between the two steps (that daemon restored it itself).
     """
-    released = await RestorationStore(pool).release_for_manual_restore(supervisor_id)
+    released = await store.release_for_manual_restore(supervisor_id)
     if released is None:
         return None
     if released["previous_owner"] is not None:
@@ -126,7 +125,7 @@ async def restore_manually(
                     owner_alive=released["owner_alive"], epoch=released["owner_epoch"])  # fmt: skip
     found: list[RestorationOutcome] = []
     await restore(
-        pool,
+        store,
         {supervisor_id: RestorationSource.MANUAL},
         guard=guard or CrashLoopGuard(),
         manual=True,
@@ -142,7 +141,7 @@ async def restore_manually(
 
 
 async def restore(
-    pool: asyncpg.Pool[Any],
+    store: RestorationStore,
     sources: dict[uuid.UUID, RestorationSource],
     *,
     guard: CrashLoopGuard,
@@ -152,7 +151,6 @@ async def restore(
     history_tail: int = HISTORY_TAIL,
 ) -> RestorationSummary:
     started = time.perf_counter() if started is None else started
-    store = RestorationStore(pool)
     outcomes: Counter[str] = Counter()
     actions: Counter[str] = Counter()
     redelivered = applied = 0

@@ -17,17 +17,15 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import anyio.abc
-import asyncpg
 
 from daemon import agents
 from daemon.agents.supervisor import Supervisor
 from daemon.db.outage import sleep_out
 from daemon.errors import TransientDatabaseError
-from daemon.logs import get_logger
+from daemon.logs import Logger, get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
 from daemon.persistence.queue import (
     EventRejectedError,
@@ -46,7 +44,8 @@ log = get_logger()
 class Host:
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        store: Store,
+        work: WorkStore,
         daemon_id: str,
         *,
         queue: PersistenceQueue,
@@ -57,7 +56,8 @@ class Host:
         heartbeat_s: float = 5.0,
         history_tail: int = 50,
     ) -> None:
-        self._pool = pool
+        self._reads = store  # what agents read back: older history, spawned tasks
+        self._work = work
         self._daemon_id = daemon_id
         self._queue = queue
         self._hub = hub
@@ -66,7 +66,6 @@ class Host:
         self._tg = tg
         self._heartbeat_s = heartbeat_s
         self.running: dict[uuid.UUID, Supervisor] = {}
-        self._reads = Store(pool)
         self._history_tail = history_tail
         self._scopes: dict[uuid.UUID, anyio.CancelScope] = {}  # each running agent's
         # Grows each time every supervisor is dropped (the lease lapsed): a start that
@@ -93,7 +92,7 @@ class Host:
         the ones just claimed) that names one and is not running yet; how many started."""
         started = 0
         generation = self._generation
-        owned = await WorkStore(self._pool).owned_supervisors(self._daemon_id, supervisor_ids)
+        owned = await self._work.owned_supervisors(self._daemon_id, supervisor_ids)
         if generation != self._generation:
             return 0  # the lease lapsed meanwhile: these were claimed under the old one
         for state in owned:
@@ -176,7 +175,7 @@ class Host:
                 self._scopes.pop(sup.id, None)
 
     @staticmethod
-    async def _drive(agent: agents.Agent, sup: Supervisor, slog: Any) -> None:
+    async def _drive(agent: agents.Agent, sup: Supervisor, slog: Logger) -> None:
         """Run `agent`; when a database outage interrupts it, run it again once the
         database answers. An outage is no verdict on the supervisor: the agent resumes
         from the supervisor's saved state, as after a restoration."""

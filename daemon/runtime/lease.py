@@ -24,7 +24,6 @@ counted from when it sent the renewal.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 import time
@@ -33,12 +32,10 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import asyncpg
 
-from daemon.db.pool import connect
 from daemon.errors import DaemonError, DaemonIdInUseError
 from daemon.logs import get_logger
-from daemon.store import DaemonRegistry
+from daemon.store import DaemonRegistry, DaemonSession
 
 log = get_logger()
 
@@ -91,7 +88,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        dsn: str,
+        registry: DaemonRegistry,
         registration: Registration,
         timing: LeaseTiming,
         *,
@@ -99,15 +96,15 @@ class LeaseKeeper:
         clock: Callable[[], float] = boottime,
         renewal_failed: Callable[[], object] = lambda: None,
     ) -> None:
-        self._dsn = dsn
+        self._registry = registry  # opens the session that holds the id (it needs its DSN)
         self._reg = registration
         self._timing = timing
         self._id_wait_s = id_wait_s
         self._clock = clock
         self._renewal_failed = renewal_failed
         self.token = uuid.uuid4()
-        self._conn: asyncpg.Connection[Any] | None = None
-        self._backends: set[int] = set()  # server pids of our lock connections, ever
+        self._session: DaemonSession | None = None
+        self._backends: set[int] = set()  # server pids of our lock sessions, ever
         self.held = False
         self.generation = 0
         self.renewed_at = 0.0  # (clock) when the last successful renewal was sent
@@ -130,32 +127,31 @@ class LeaseKeeper:
 
     # -- the id --------------------------------------------------------------------------
 
-    async def _lock_connection(self, *, wait_s: float) -> asyncpg.Connection[Any]:
-        """The connection that holds the id's lock, (re)opened and locked when needed.
+    async def _lock_session(self, *, wait_s: float) -> DaemonSession:
+        """The session that holds the id's lock, (re)opened and locked when needed.
         DaemonIdInUseError when another process holds the id for longer than `wait_s`."""
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        self._drop_connection()
-        conn = await connect(self._dsn)
+        if self._session is not None and not self._session.is_closed():
+            return self._session
+        self._drop_session()
+        session = await self._registry.session()
         try:
-            registry = DaemonRegistry(conn)
             deadline = time.monotonic() + wait_s
-            while not await registry.lock_id(self.daemon_id):
-                holders = await registry.id_holders(self.daemon_id)
+            while not await session.lock_id(self.daemon_id):
+                holders = await session.id_holders(self.daemon_id)
                 stale = [h["pid"] for h in holders if h["pid"] in self._backends]
                 for pid in stale:
                     # A connection of ours the server still holds (the network dropped
                     # it): it holds nothing this process can use any more.
-                    await registry.terminate_backend(pid)
+                    await session.terminate_backend(pid)
                 if not stale and time.monotonic() >= deadline:
-                    raise DaemonIdInUseError(await self._in_use(registry, holders))
+                    raise DaemonIdInUseError(await self._in_use(session, holders))
                 await anyio.sleep(0.25)
         except BaseException:
-            conn.terminate()  # the session, and any lock it took, end with it
+            session.terminate()  # the session, and any lock it took, end with it
             raise
-        self._backends.add(conn.get_server_pid())
-        self._conn = conn
-        return conn
+        self._backends.add(session.server_pid)
+        self._session = session
+        return session
 
     async def _in_use(self, registry: DaemonRegistry, holders: list[dict[str, Any]]) -> str:
         where = ", ".join(
@@ -174,22 +170,16 @@ class LeaseKeeper:
             " one another id (SUPERVISOR_DAEMON_DAEMON_ID)"
         )
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.terminate()
+            self._session = None
 
     async def close(self) -> None:
-        """Give the id up (the lock goes with the connection)."""
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(5),
-                contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError),
-            ):
-                await conn.close()
-            conn.terminate()
+        """Give the id up (the lock goes with the session), cancelled or not."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     # -- the lease -----------------------------------------------------------------------
 
@@ -198,10 +188,10 @@ class LeaseKeeper:
         await self._register(wait_s=self._id_wait_s)
 
     async def _register(self, *, wait_s: float) -> None:
-        conn = await self._lock_connection(wait_s=wait_s)
+        session = await self._lock_session(wait_s=wait_s)
         sent = self._clock()  # before the server stamps the lease: the safe side
         reg = self._reg
-        await DaemonRegistry(conn).register(
+        await session.register(
             reg.daemon_id, hostname=reg.hostname, pid=reg.pid, version=reg.version,
             lease_s=self._timing.lease_s, capacity=reg.capacity, token=self.token,
         )  # fmt: skip
@@ -250,19 +240,17 @@ class LeaseKeeper:
             # the deadline: given up on then, and its connection with it.
             with anyio.move_on_after(max(0.0, deadline - sent)) as scope:
                 try:
-                    conn = await self._lock_connection(wait_s=0.0)
-                    renewed = await DaemonRegistry(conn).renew_lease(
-                        self.daemon_id, timing.lease_s, self.token
-                    )
+                    session = await self._lock_session(wait_s=0.0)
+                    renewed = await session.renew_lease(self.daemon_id, timing.lease_s, self.token)
                     failed = False
                 except DaemonIdInUseError:
                     raise
                 except DaemonError as exc:
-                    self._drop_connection()
+                    self._drop_session()
                     log.warning("daemon.lease_renewal_failed", error=str(exc),
                                 seconds_left=round(deadline - self._clock(), 1))  # fmt: skip
             if scope.cancelled_caught:
-                self._drop_connection()
+                self._drop_session()
             if failed:
                 self._renewal_failed()
                 wait_until = self._clock() + timing.retry_every_s
@@ -289,7 +277,7 @@ class LeaseKeeper:
             except DaemonIdInUseError:
                 raise
             except DaemonError as exc:
-                self._drop_connection()
+                self._drop_session()
                 failures += 1
                 if failures == 1:
                     log.warning("database.waiting", what="the daemon's lease", error=str(exc))

@@ -6,67 +6,65 @@ not to (RELEASE_ON_STOP). Background jobs run in one anyio task group, so a cras
 any of them stops the daemon loudly instead of dying silently. A lease that lapses
 (daemon/runtime/lease.py) stops every agent and task, and once the lease is regained
 the next claim round takes the daemon's supervisors back under new epochs: the process
-itself never exits for it.
+itself never exits for it. Its parts are made once, from the settings, by
+daemon/runtime/components.py.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import anyio
 import anyio.abc
 
 from daemon import __version__
 from daemon.config import Settings, resolve_daemon_id
-from daemon.db import embedded, migrations
-from daemon.db.database import Database, open_database
+from daemon.db import embedded
+from daemon.db.database import open_database
 from daemon.errors import ConfigError, DaemonCrashedError, DaemonError, DaemonIdInUseError
 from daemon.logs import get_logger, set_daemon_id
 from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.ops import metrics, systemd, watchdog
 from daemon.ops.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.persistence.queue import PersistenceQueue
-from daemon.restoration.plan import CrashLoopGuard, RestorationOutcome
+from daemon.restoration.plan import RestorationOutcome
 from daemon.restoration.run import RestorationSummary, restore_all
 from daemon.runtime import retention
+from daemon.runtime.components import Components
 from daemon.runtime.host import Host
-from daemon.runtime.lease import LeaseKeeper, LeaseTiming, Registration
-from daemon.store import DaemonRegistry, EventStore, MetricsStore, Store, WorkStore
+from daemon.runtime.lease import LeaseKeeper
+from daemon.store import Store
 from daemon.work import environment
-from daemon.work.delivery import Delivery
-from daemon.work.hub import Hub
 from daemon.work.tasks import TaskRunner
 
 E = TypeVar("E", bound=BaseException)
+Signals = AsyncIterator[signal.Signals]
+# Lines carry the daemon id from the start on (daemon.logs.set_daemon_id).
+log = get_logger()
 
 
-def crash_loop_guard(settings: Settings) -> CrashLoopGuard:
-    return CrashLoopGuard(
-        max_restorations=settings.crash_loop_max_restorations,
-        window=timedelta(seconds=settings.crash_loop_window_s),
-    )
-
-
-def _serve_metrics(settings: Settings, daemon_metrics: metrics.DaemonMetrics, log: Any) -> Any:
+def _serve_metrics(parts: Components) -> WSGIServer | None:
     """Start the metrics server when configured; an address that cannot be served is a
     configuration error (exit 78), found before any supervisor is restored."""
-    if settings.metrics_address is None:
+    address = parts.settings.metrics_address
+    if address is None:
         return None
-    host, port = settings.metrics_address
+    host, port = address
     try:
-        server = metrics.serve(settings.metrics_address, daemon_metrics)
+        server = metrics.serve(address, parts.metrics)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics at {host}:{port}: {exc}") from None
     log.info("metrics.serving", address=f"{host}:{port}", path="/metrics")
     return server
 
 
-async def _wait_for_stop(signals: Any, log: Any) -> None:
+async def _wait_for_stop(signals: Signals) -> None:
     async for signum in signals:
         log.info("daemon.stopping", signal=signal.Signals(signum).name)
         systemd.stopping()
@@ -77,12 +75,7 @@ Contracts = dict[uuid.UUID, uuid.UUID | None]
 
 
 async def _restore(
-    db: Database,
-    settings: Settings,
-    keeper: LeaseKeeper,
-    daemon_metrics: metrics.DaemonMetrics,
-    *,
-    include_own: bool = True,
+    parts: Components, *, include_own: bool = True
 ) -> tuple[RestorationSummary, dict[uuid.UUID, SupervisorRestorationContext], Contracts]:
     """Claim and restore supervisors under the daemon's crash-loop guard; also return
     the restoration context of each one restored, for its agent, and its contract (for
@@ -93,44 +86,36 @@ async def _restore(
     def keep(outcome: RestorationOutcome) -> None:
         contexts[outcome.supervisor_id] = outcome.context
         contracts[outcome.supervisor_id] = outcome.contract_id
-        daemon_metrics.restored(outcome)
+        parts.metrics.restored(outcome)
 
     # history_tail=0: the contexts carry the history's length, not its newest messages.
     # A running supervisor holds none (its agent gets them when its process starts, or
     # pages them with read_history); decoded here for thousands of supervisors at once,
     # they only left the heap fragmented (51 against 7 KiB per idle supervisor hosted).
     summary = await restore_all(
-        db.pool, keeper.daemon_id, guard=crash_loop_guard(settings), capacity=settings.capacity,
-        include_own=include_own, on_outcome=keep, token=keeper.token, history_tail=0,
+        parts.stores.restoration, parts.daemon_id, guard=parts.guard,
+        capacity=parts.settings.capacity, include_own=include_own, on_outcome=keep,
+        token=parts.keeper.token, history_tail=0,
     )  # fmt: skip
     return summary, contexts, contracts
 
 
 async def _claim_new(
-    db: Database,
-    settings: Settings,
-    keeper: LeaseKeeper,
-    host: Host,
-    runner: TaskRunner,
-    *,
-    claimed_under: int,
-    daemon_metrics: metrics.DaemonMetrics,
+    parts: Components, host: Host, runner: TaskRunner, *, claimed_under: int
 ) -> None:
     """While running, take new supervisors (`supervisors create`) and orphans of daemons
     whose lease expired or that stopped, restore them, and start their agents. After the
     lease lapsed and was regained, take this daemon's own supervisors back too: with new
     epochs, restored, their agents started again (the old ones were stopped)."""
-    log = get_logger()
+    keeper = parts.keeper
     while True:
-        await keeper.wait_changed(settings.claim_interval_s)
+        await keeper.wait_changed(parts.settings.claim_interval_s)
         if not keeper.held:
             continue
         generation = keeper.generation
         regained = generation != claimed_under
         try:
-            summary, contexts, contracts = await _restore(
-                db, settings, keeper, daemon_metrics, include_own=regained
-            )
+            summary, contexts, contracts = await _restore(parts, include_own=regained)
             if keeper.generation != generation or not keeper.held:
                 continue  # lost again meanwhile: the next round claims again
             if regained:
@@ -163,7 +148,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _force_on_second_sigint(signals: Any, queue: PersistenceQueue, log: Any) -> None:
+async def _force_on_second_sigint(signals: Signals, queue: PersistenceQueue) -> None:
     """During an orderly stop, a second SIGINT (Ctrl-C again) cuts the drain short."""
     async for signum in signals:
         if signum == signal.SIGINT:
@@ -189,50 +174,31 @@ async def run_daemon(settings: Settings, *, demo: bool = False) -> None:
     daemon_id = resolve_daemon_id(settings)
     set_daemon_id(daemon_id)
     environment.allow(settings.agent_env)
-    log = get_logger()
     log.info("daemon.starting", version=__version__, pid=os.getpid())
     systemd.status("opening the database")
     async with open_database(settings, wait_s=settings.connect_wait_s) as db:
-        async with db.pool.acquire() as conn:
-            applied = await migrations.migrate(conn)
+        applied = await db.migrate()
         log.info("database.ready", embedded=db.embedded, migrations_applied=len(applied))
-        queue = PersistenceQueue.from_settings(EventStore(db.pool), settings)
-        hosts: list[Host] = []  # the Host, once agents run (for the metrics)
-        daemon_metrics = metrics.DaemonMetrics(queue, lambda: sum(len(h.running) for h in hosts))
-        registration = Registration(daemon_id=daemon_id, hostname=socket.gethostname(),
-                                    pid=os.getpid(), version=__version__,
-                                    capacity=settings.capacity)  # fmt: skip
-        keeper = LeaseKeeper(db.dsn, registration, LeaseTiming(settings.lease_s),
-                             id_wait_s=min(settings.lease_s, 10.0),
-                             renewal_failed=daemon_metrics.lease_renewals_failed.inc)  # fmt: skip
+        parts = Components.build(db, settings, daemon_id)
         try:
-            await _run_registered(db, settings, keeper, queue, hosts, daemon_metrics, demo=demo)
+            await _run_registered(parts, embedded_server=db.embedded, demo=demo)
         finally:
-            await keeper.close()
+            await parts.keeper.close()
 
 
-async def _run_registered(  # noqa: PLR0917 - the daemon's parts, made once in run_daemon
-    db: Database,
-    settings: Settings,
-    keeper: LeaseKeeper,
-    queue: PersistenceQueue,
-    hosts: list[Host],
-    daemon_metrics: metrics.DaemonMetrics,
-    *,
-    demo: bool,
-) -> None:
+async def _run_registered(parts: Components, *, embedded_server: bool, demo: bool) -> None:
     """Hold the daemon id and its lease, restore, serve until a signal, then hand the
     supervisors over (or keep them for a restart: RELEASE_ON_STOP)."""
-    log = get_logger()
+    keeper, queue = parts.keeper, parts.queue
     try:
         await keeper.acquire()
     except DaemonIdInUseError as exc:  # a second process with this id stops here: exit 78
         log.critical("daemon.id_in_use", error=str(exc))
         raise
-    if demo and (created := await ensure_demo_supervisors(Store(db.pool))):
+    if demo and (created := await ensure_demo_supervisors(parts.stores.supervisors)):
         log.info("demo.created", supervisors=created)
-    metrics_server = _serve_metrics(settings, daemon_metrics, log)
-    daemon_metrics.listen()
+    metrics_server = _serve_metrics(parts)
+    parts.metrics.listen()
     try:
         # The lease is renewed from registration on: restoring many supervisors can
         # take longer than the lease lasts.
@@ -240,9 +206,9 @@ async def _run_registered(  # noqa: PLR0917 - the daemon's parts, made once in r
             lease.start_soon(keeper.run)
             systemd.status("restoring supervisors")
             generation = keeper.generation
-            summary, contexts, contracts = await _restore(db, settings, keeper, daemon_metrics)
-            await _serve(db, settings, keeper, queue, (contexts, contracts, generation),
-                         summary.supervisors, hosts, daemon_metrics, log)  # fmt: skip
+            summary, contexts, contracts = await _restore(parts)
+            await _serve(parts, (contexts, contracts, generation), summary.supervisors,
+                         embedded_server=embedded_server)  # fmt: skip
             lease.cancel_scope.cancel()
     except Exception as exc:
         in_use = _find(exc, DaemonIdInUseError)
@@ -254,19 +220,20 @@ async def _run_registered(  # noqa: PLR0917 - the daemon's parts, made once in r
         raise DaemonCrashedError(f"a background job crashed: {error}") from exc
     finally:
         restore_defaults()  # the collector as it was (the daemon may run in-process)
-        daemon_metrics.stop_listening()
+        parts.metrics.stop_listening()
         if metrics_server is not None:
             metrics_server.shutdown()
-    if settings.release_on_stop:
-        await _release(DaemonRegistry(db.pool), keeper, log)
+    if parts.settings.release_on_stop:
+        await _release(parts)
     log.info("daemon.stopped", **queue.counters.snapshot(queue.queued))
 
 
-async def _release(registry: DaemonRegistry, keeper: LeaseKeeper, log: Any) -> None:
+async def _release(parts: Components) -> None:
     """Hand the supervisors over: other daemons claim them at their next round."""
+    keeper = parts.keeper
     with anyio.CancelScope(shield=True), anyio.move_on_after(10):
         try:
-            released = await registry.release(keeper.daemon_id, keeper.token)
+            released = await parts.stores.daemons.release(keeper.daemon_id, keeper.token)
         except DaemonError as exc:
             log.warning("daemon.release_failed", error=str(exc))
             return
@@ -276,47 +243,32 @@ async def _release(registry: DaemonRegistry, keeper: LeaseKeeper, log: Any) -> N
 Startup = tuple[dict[uuid.UUID, SupervisorRestorationContext], Contracts, int]
 
 
-async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon together
-    db: Database,
-    settings: Settings,
-    keeper: LeaseKeeper,
-    queue: PersistenceQueue,
-    startup: Startup,
-    restored: int,
-    hosts: list[Host],
-    daemon_metrics: metrics.DaemonMetrics,
-    log: Any,
+async def _serve(
+    parts: Components, startup: Startup, restored: int, *, embedded_server: bool
 ) -> None:
     """Every background job in one task group, until a signal asks to stop. `startup`:
     the restoration contexts and contracts of the supervisors restored at start, and the
     lease generation they were claimed under."""
     contexts, contracts, generation = startup
-    hub = Hub(db.pool, db.dsn, poll_s=settings.poll_interval_s)
+    settings, keeper, queue = parts.settings, parts.keeper, parts.queue
     agents_scope = anyio.CancelScope()
     # Listening for SIGTERM before saying ready: one sent as soon as the daemon is ready
     # must ask for a stop, not kill the process (the signal's default action).
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as tg:
             await tg.start(queue.run)
-            await tg.start(hub.run)
+            await tg.start(parts.hub.run)
             if settings.metrics_address is not None:
-                tg.start_soon(metrics.refresh_from_database, MetricsStore(db.pool),
-                              daemon_metrics, settings.metrics_refresh_s)  # fmt: skip
-            delivery = Delivery(db.pool, tg, webhook_url=settings.webhook_url,
-                                use_proxy=settings.webhook_use_proxy)  # fmt: skip
+                tg.start_soon(metrics.refresh_from_database, parts.stores.metrics,
+                              parts.metrics, settings.metrics_refresh_s)  # fmt: skip
+            delivery = parts.delivery(tg)
             delivery.webhook_redeliveries(contexts, contracts)
 
             async def run_agents(*, task_status: anyio.abc.TaskStatus[int]) -> None:
                 with agents_scope:
                     async with anyio.create_task_group() as atg:
-                        runner = TaskRunner(WorkStore(db.pool), atg, daemon_id=keeper.daemon_id,
-                                            timeout_s=settings.task_timeout_s,
-                                            finished=daemon_metrics.task_finished)  # fmt: skip
-                        host = Host(db.pool, keeper.daemon_id, queue=queue, hub=hub,
-                                    runner=runner, delivery=delivery, tg=atg,
-                                    heartbeat_s=settings.heartbeat_interval_s,
-                                    history_tail=settings.history_tail)  # fmt: skip
-                        hosts.append(host)
+                        runner = parts.runner(atg)
+                        host = parts.host(runner, delivery, atg)
                         _wire(keeper, queue, runner, host)
                         started = 0
                         # Claimed under a lease that lapsed meanwhile: the claim loop takes
@@ -326,26 +278,25 @@ async def _serve(  # noqa: PLR0917 - the one place that wires the running daemon
                             started = await host.start(contexts, list(contexts))
                         atg.start_soon(host.heartbeats)
                         task_status.started(started)
-                        await _claim_new(db, settings, keeper, host, runner,
-                                         claimed_under=generation,
-                                         daemon_metrics=daemon_metrics)  # fmt: skip
+                        await _claim_new(parts, host, runner, claimed_under=generation)
 
             agents_started = await tg.start(run_agents)
             contexts.clear()
             contracts.clear()
             tune_for_throughput()
             tg.start_soon(collect_on_a_clock)
-            if db.embedded:
+            if embedded_server:
                 tg.start_soon(embedded.keep_running, settings.data_dir)
             log.info("daemon.ready", supervisors=restored, agents=agents_started)
             systemd.ready(f"ready: {restored} supervisor(s) restored,"
                           f" {agents_started} agent(s) running")  # fmt: skip
             if (interval := watchdog.interval_s()) is not None:
-                tg.start_soon(watchdog.ping_while_healthy, queue, interval, log)
+                tg.start_soon(watchdog.ping_while_healthy, queue, interval)
             if settings.retention_days is not None:
-                tg.start_soon(retention.prune_forever, db.pool, settings.retention_days)
-            await _wait_for_stop(signals, log)
-            tg.start_soon(_force_on_second_sigint, signals, queue, log)
+                tg.start_soon(retention.prune_forever, parts.stores.retention,
+                              settings.retention_days)  # fmt: skip
+            await _wait_for_stop(signals)
+            tg.start_soon(_force_on_second_sigint, signals, queue)
             # Stop intake (agents), write what is queued (shielded, within the deadline),
             # and only then stop the other background jobs.
             agents_scope.cancel()

@@ -16,10 +16,8 @@ import dataclasses
 import re
 import time
 from datetime import timedelta
-from typing import Any
 
 import anyio
-import asyncpg
 
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
@@ -69,7 +67,7 @@ def parse_age(text: str) -> timedelta:
 
 
 async def prune(
-    pool: asyncpg.Pool[Any],
+    store: RetentionStore,
     older_than: timedelta,
     *,
     dry_run: bool = False,
@@ -77,7 +75,6 @@ async def prune(
 ) -> PruneReport:
     """Delete the rows of supervisors finished longer ago than `older_than`."""
     started = time.perf_counter()
-    store = RetentionStore(pool)
     age_s = older_than.total_seconds()
     if dry_run:
         counts = await store.count(age_s)
@@ -102,14 +99,14 @@ async def prune(
 
 
 async def prune_forever(
-    pool: asyncpg.Pool[Any], retention_days: float, *, interval_s: float = INTERVAL_S
+    store: RetentionStore, retention_days: float, *, interval_s: float = INTERVAL_S
 ) -> None:
     """A running daemon's retention: prune now, then every `interval_s`. A database
     error is logged and tried again at the next round; it never stops the daemon."""
     older_than = timedelta(days=retention_days)
     while True:
         try:
-            report = await prune(pool, older_than)
+            report = await prune(store, older_than)
         except DaemonError as exc:
             log.warning("retention.failed", error=str(exc))
         else:

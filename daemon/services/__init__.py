@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
 from daemon import limits
 from daemon.errors import AmbiguousIdError, BadChoiceError, ConflictError, NotFoundError
 from daemon.logs import get_logger
@@ -38,8 +36,7 @@ from daemon.services.views import (
     JournalPage,
     SupervisorPage,
 )
-from daemon.store import EventStore, Store, WorkStore
-from daemon.store.people import PeopleStore
+from daemon.store import Stores
 
 if TYPE_CHECKING:
     from daemon.restoration.plan import CrashLoopGuard, RestorationOutcome
@@ -77,15 +74,16 @@ def pick_choice(question_id: uuid.UUID, choices: tuple[str, ...], text: str) -> 
 
 
 class Services:
-    """People's commands over one pool. Build one per process (or per request)."""
+    """People's commands over the stores of one database (daemon.store.Stores, made
+    once per process). `guard`: the crash-loop guard a manual restoration reports by."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], *, guard: CrashLoopGuard | None = None) -> None:
-        self._pool = pool
+    def __init__(self, stores: Stores, *, guard: CrashLoopGuard | None = None) -> None:
         self._guard = guard
-        self._store = Store(pool)
-        self._work = WorkStore(pool)
-        self._events = EventStore(pool)
-        self._people = PeopleStore(pool)
+        self._store = stores.supervisors
+        self._work = stores.work
+        self._events = stores.events
+        self._people = stores.people
+        self._restoration = stores.restoration
 
     # -- ids as people type them ------------------------------------------------------
 
@@ -173,7 +171,7 @@ class Services:
         """An operator's restoration (source `manual`): unparks a blocked supervisor.
         The outcome carries the restoration context its agent is given."""
         supervisor_id = await self.supervisor_id(supervisor)
-        outcome = await restore_manually(self._pool, supervisor_id, guard=self._guard)
+        outcome = await restore_manually(self._restoration, supervisor_id, guard=self._guard)
         if outcome is None:
             raise NotFoundError(f"supervisor {supervisor_id} does not exist")
         return outcome

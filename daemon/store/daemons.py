@@ -2,8 +2,8 @@
 
 A sibling of daemon/store/ with the same rules (one named statement per method,
 driver errors translated). Kept apart because a running daemon uses it over the one
-connection it holds for the life of its process (daemon/runtime/lease.py), where the
-rest of the store works over the pool.
+connection it holds for the life of its process (a `DaemonSession`, which
+daemon/runtime/lease.py keeps), where the rest of the store works over the pool.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from daemon.db.pool import close, connect
 from daemon.db.queries import queries
 from daemon.errors import map_db_errors
 
@@ -20,13 +21,22 @@ from daemon.errors import map_db_errors
 class DaemonRegistry:
     """Named operations on the daemons table (registration and leases).
 
-    Over a pool, or over the one connection a running daemon keeps for the life of its
-    process: that connection holds the advisory lock on the daemon's id, so the lease
-    it renews is the lease of the process that holds the id.
+    Over a pool, or (a `DaemonSession`) over the one connection a running daemon keeps
+    for the life of its process. `dsn` is where `session()` opens that connection:
+    needed only by a daemon keeping its lease.
     """
 
-    def __init__(self, db: asyncpg.Pool[Any] | asyncpg.Connection[Any]) -> None:
+    def __init__(
+        self, db: asyncpg.Pool[Any] | asyncpg.Connection[Any], *, dsn: str | None = None
+    ) -> None:
         self._db = db
+        self._dsn = dsn
+
+    async def session(self) -> DaemonSession:
+        """These operations over a new connection of their own (close it when done)."""
+        if self._dsn is None:
+            raise ValueError("this DaemonRegistry was made without a DSN: it opens no session")
+        return DaemonSession(await connect(self._dsn))
 
     async def lock_id(self, daemon_id: str) -> bool:
         """Hold `daemon_id` for this session; False when another session holds it."""
@@ -87,3 +97,31 @@ class DaemonRegistry:
         with map_db_errors():
             rows = await self._db.fetch(queries["list_daemons"])
         return [dict(row) for row in rows]
+
+
+class DaemonSession(DaemonRegistry):
+    """The registry over one connection of its own, which a running daemon keeps for
+    the life of its process: that connection holds the advisory lock on the daemon's
+    id, so the lease it renews is the lease of the process that holds the id. Ending
+    the session ends the lock."""
+
+    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+        super().__init__(conn)
+        self._conn = conn
+
+    @property
+    def server_pid(self) -> int:
+        """The server process of this session (the one pg_locks names as the holder)."""
+        return self._conn.get_server_pid()
+
+    def is_closed(self) -> bool:
+        return self._conn.is_closed()
+
+    def terminate(self) -> None:
+        """End the session now, without waiting for the server (a connection that may be
+        in any state, or one the network dropped)."""
+        self._conn.terminate()
+
+    async def close(self) -> None:
+        """End the session in order, cancelled or not (daemon.db.pool.close)."""
+        await close(self._conn)

@@ -1,5 +1,6 @@
 """Tasks and answers, what a running daemon and people change from outside: fenced task
-writes, answers recorded once, and the questions channel (NOTIFY and LISTEN).
+writes, answers recorded once, the questions channel (NOTIFY and LISTEN), and the
+connection of its own on which the hub LISTENs for answers and task results.
 """
 
 from __future__ import annotations
@@ -7,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
 import asyncpg
 import orjson
 
+from daemon.db.pool import close, connect
 from daemon.db.queries import queries
 from daemon.errors import map_db_errors
 from daemon.models import (
@@ -32,10 +34,15 @@ class TaskChange:
 
 
 class WorkStore:
-    """Tasks and answers: what a running daemon and its CLI change from outside."""
+    """Tasks and answers: what a running daemon and its CLI change from outside.
 
-    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+    `dsn` is where `listen` opens its connection of its own: needed only by those who
+    listen (the hub), so a store made without it refuses to.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[Any], *, dsn: str | None = None) -> None:
         self._pool = pool
+        self._dsn = dsn
 
     async def set_task_status(
         self, task_id: uuid.UUID, status: TaskStatus, result: Any = None
@@ -141,56 +148,96 @@ class WorkStore:
             )
         return [SupervisorState.from_row(row) for row in rows]
 
+    async def notify_question(self, body: str) -> None:
+        """Deliver one question (its JSON body) to whoever listens on the channel."""
+        with map_db_errors():
+            await self._pool.execute(queries["notify_question"], QUESTIONS_CHANNEL, body)
+
+    @contextlib.asynccontextmanager
+    async def question_feed(
+        self, *, buffer: int = 1000
+    ) -> AsyncIterator[anyio.abc.ObjectReceiveStream[dict[str, Any]]]:
+        """Questions as daemons deliver them, for as long as the context lasts.
+
+        One held connection LISTENs on the questions channel; each notification's JSON
+        body arrives on the stream. The stream ends when that connection is lost. A
+        reader that falls `buffer` questions behind loses the newest ones rather than
+        stalling asyncpg.
+        """
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+
+        def notified(_conn: Any, _pid: int, _channel: str, body: object) -> None:
+            try:
+                question = orjson.loads(str(body))
+            except orjson.JSONDecodeError:
+                return  # not one of ours
+            if isinstance(question, dict):
+                with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+                    send.send_nowait(question)
+
+        def lost(_conn: Any) -> None:
+            send.close()
+
+        pool = self._pool
+        with map_db_errors():
+            conn = await pool.acquire()
+        try:
+            conn.add_termination_listener(lost)
+            with map_db_errors():
+                await conn.add_listener(QUESTIONS_CHANNEL, notified)
+            async with receive:
+                yield receive
+        finally:
+            send.close()
+            # A lost connection is already out of the pool's hands: nothing to undo.
+            with (
+                anyio.CancelScope(shield=True),
+                contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError),
+            ):
+                await conn.remove_listener(QUESTIONS_CHANNEL, notified)
+                await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, channels: Sequence[str], notified: Callable[[str, str], None]
+    ) -> AsyncIterator[Listener]:
+        """LISTEN on `channels` over a connection of its own (not one of the pool's,
+        which it would hold for good) for as long as the context lasts; each
+        notification calls `notified(channel, payload)`. The connection is closed on
+        the way out, cancelled or not."""
+        if self._dsn is None:
+            raise ValueError("this WorkStore was made without a DSN: it cannot listen")
+
+        def relay(_conn: Any, _pid: int, channel: str, payload: object) -> None:
+            notified(channel, str(payload))
+
+        conn = await connect(self._dsn)
+        try:
+            with map_db_errors():
+                for channel in channels:
+                    await conn.add_listener(channel, relay)
+            yield Listener(conn)
+        finally:
+            await close(conn)
+
+
+class Listener:
+    """The connection `WorkStore.listen` holds, as its holder sees it."""
+
+    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+        self._conn = conn
+
+    @property
+    def alive(self) -> bool:
+        return not self._conn.is_closed()
+
+    async def check(self) -> None:
+        """One round trip: a connection the network dropped fails it (no notification
+        would ever say so)."""
+        with map_db_errors():
+            await self._conn.execute(queries["ping"])
+
 
 # The channel the daemons NOTIFY on when they deliver a question (daemon/work/delivery.py)
 # and redeliver it on a restoration (RestorationStore.notify_questions).
 QUESTIONS_CHANNEL = "supervisor_questions"
-
-
-async def notify_question(pool: asyncpg.Pool[Any], body: str) -> None:
-    """Deliver one question (its JSON body) to whoever listens on the channel."""
-    with map_db_errors():
-        await pool.execute(queries["notify_question"], QUESTIONS_CHANNEL, body)
-
-
-@contextlib.asynccontextmanager
-async def question_feed(
-    pool: asyncpg.Pool[Any], *, buffer: int = 1000
-) -> AsyncIterator[anyio.abc.ObjectReceiveStream[dict[str, Any]]]:
-    """Questions as daemons deliver them, for as long as the context lasts.
-
-    One held connection LISTENs on the questions channel; each notification's JSON body
-    arrives on the stream. The stream ends when that connection is lost. A reader that
-    falls `buffer` questions behind loses the newest ones rather than stalling asyncpg.
-    """
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
-
-    def notified(_conn: Any, _pid: int, _channel: str, body: object) -> None:
-        try:
-            question = orjson.loads(str(body))
-        except orjson.JSONDecodeError:
-            return  # not one of ours
-        if isinstance(question, dict):
-            with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
-                send.send_nowait(question)
-
-    def lost(_conn: Any) -> None:
-        send.close()
-
-    with map_db_errors():
-        conn = await pool.acquire()
-    try:
-        conn.add_termination_listener(lost)
-        with map_db_errors():
-            await conn.add_listener(QUESTIONS_CHANNEL, notified)
-        async with receive:
-            yield receive
-    finally:
-        send.close()
-        # A lost connection is already out of the pool's hands: nothing to undo.
-        with (
-            anyio.CancelScope(shield=True),
-            contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError),
-        ):
-            await conn.remove_listener(QUESTIONS_CHANNEL, notified)
-            await pool.release(conn)

@@ -1,7 +1,7 @@
 """Live news for open inbox pages: a question asked, answered, or no longer pending.
 
 One LISTEN connection per web process (the daemons' `NOTIFY supervisor_questions`,
-through daemon.store.question_feed) feeds every open page, however many there are.
+through WorkStore.question_feed) feeds every open page, however many there are.
 While that connection is down, and every `slow_poll_s` even when it is up, the
 pending questions are read instead and compared with what was known: new ones are
 announced, gone ones reported resolved. Pages deduplicate by question id, so a
@@ -14,17 +14,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import anyio.abc
-import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from daemon.errors import DatabaseError
 from daemon.logs import get_logger
 from daemon.services import Services
-from daemon.store import question_feed
+from daemon.store import WorkStore
 
 log = get_logger()
 
@@ -38,14 +36,14 @@ class News:
 class Live:
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        store: WorkStore,
         services: Services,
         *,
         fast_poll_s: float = 2.0,
         slow_poll_s: float = 15.0,
         buffer: int = 1000,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._services = services
         self._fast_poll_s = fast_poll_s
         self._slow_poll_s = slow_poll_s
@@ -93,7 +91,7 @@ class Live:
     async def _listen(self) -> None:
         while True:
             try:
-                async with question_feed(self._pool) as feed:
+                async with self._store.question_feed() as feed:
                     self.listening = True
                     log.info("web.listening")
                     await self.poll_once()  # what was asked while nobody listened

@@ -20,12 +20,12 @@ import anyio
 import uvicorn
 
 from daemon.config import Settings
-from daemon.db import migrations
 from daemon.db.database import open_database
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.runtime.components import crash_loop_guard
 from daemon.services import Services
+from daemon.store import Stores
 from daemon.web.app import create_app
 from daemon.web.live import Live
 from daemon.web.security import is_loopback
@@ -67,7 +67,7 @@ def check_address(host: str, port: int, token: str | None) -> bool:
     return loopback
 
 
-async def serve(settings: Settings, guard: CrashLoopGuard) -> None:
+async def serve(settings: Settings) -> None:
     host, port = settings.web_address
     loopback = check_address(host, port, settings.web_token)
     sock = bind(host, port)
@@ -75,10 +75,12 @@ async def serve(settings: Settings, guard: CrashLoopGuard) -> None:
     shown = f"[{host}]" if ":" in host else host
     async with open_database(settings) as db:
         # Like `run`: the page may be the first thing started on a new database.
-        async with db.pool.acquire() as conn:
-            await migrations.migrate(conn)
-        services = Services(db.pool, guard=guard)
-        live = Live(db.pool, services)
+        await db.migrate()
+        # The stores and people's commands, made once for the process (as each CLI
+        # command makes them for itself).
+        stores = Stores.of(db)
+        services = Services(stores, guard=crash_loop_guard(settings))
+        live = Live(stores.work, services)
         app = create_app(services, live=live, token=settings.web_token, loopback=loopback)
         config = uvicorn.Config(
             app,

@@ -29,7 +29,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import asyncpg
 import orjson
 from tenacity import (
     AsyncRetrying,
@@ -40,9 +39,9 @@ from tenacity import (
 )
 
 from daemon.errors import DaemonError
-from daemon.logs import get_logger
+from daemon.logs import Logger, get_logger
 from daemon.models import PendingQuestion, SupervisorRestorationContext
-from daemon.store import notify_question
+from daemon.store import WorkStore
 
 log = get_logger()
 # Bytes of encoded JSON. PostgreSQL's limit on a NOTIFY payload is 8,000 bytes; half of
@@ -156,7 +155,7 @@ def webhook_opener(*, use_proxy: bool) -> urllib.request.OpenerDirector:
 class Delivery:
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        store: WorkStore,
         tg: anyio.abc.TaskGroup,
         *,
         webhook_url: str | None = None,
@@ -164,7 +163,7 @@ class Delivery:
         attempts: int = 8,
         concurrency: int = WEBHOOK_CONCURRENCY,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._tg = tg
         self._webhook_url = webhook_url
         self._attempts = attempts
@@ -184,7 +183,7 @@ class Delivery:
         for a failed delivery: the question is pending all the same."""
         log_delivered(supervisor_id, question, redelivery, contract_id=contract_id)
         try:
-            await notify_question(self._pool, notify_body(supervisor_id, question, redelivery))
+            await self._store.notify_question(notify_body(supervisor_id, question, redelivery))
         except DaemonError as exc:
             log.warning("question.notify_failed", supervisor_id=str(supervisor_id),
                         contract_id=str(contract_id), question_id=str(question.id),
@@ -219,7 +218,7 @@ class Delivery:
             for question in context.pending_questions:
                 self.webhook(supervisor_id, question, redelivery=True, contract_id=contract_id)
 
-    async def _post(self, body: dict[str, Any], qlog: Any) -> None:
+    async def _post(self, body: dict[str, Any], qlog: Logger) -> None:
         url = str(self._webhook_url)
         data = json.dumps(body).encode()
 

@@ -12,14 +12,11 @@ answer still arrives within the polling interval.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import anyio
-import asyncpg
 
 from daemon.db import outage
 from daemon.db.outage import through_outage
-from daemon.db.pool import connect
 from daemon.errors import DaemonError
 from daemon.logs import get_logger
 from daemon.models import FINISHED_TASK_STATES
@@ -30,17 +27,15 @@ CHANNELS = ("supervisor_answers", "supervisor_tasks")
 
 
 class Hub:
-    def __init__(
-        self, pool: asyncpg.Pool[Any], dsn: str, *, poll_s: float = 1.0, reconnect_s: float = 0.5
-    ) -> None:
-        self._store = WorkStore(pool)
-        self._dsn = dsn
+    def __init__(self, store: WorkStore, *, poll_s: float = 1.0, reconnect_s: float = 0.5) -> None:
+        """`store` answers the checks and listens (it needs its DSN for that)."""
+        self._store = store
         self._poll_s = poll_s
         self._reconnect_s = reconnect_s  # the first wait before reconnecting; doubles
         self._changed = {channel: anyio.Event() for channel in CHANNELS}
         self.listening = False
 
-    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: object) -> None:
+    def _notified(self, channel: str, _payload: str) -> None:
         event = self._changed[channel]
         self._changed[channel] = anyio.Event()
         event.set()
@@ -87,24 +82,18 @@ class Hub:
         task_status.started()
         backoff = self._reconnect_s
         while True:
-            conn = None
             try:
-                conn = await connect(self._dsn)
-                for channel in CHANNELS:
-                    await conn.add_listener(channel, self._notified)
-                self.listening = True
-                log.info("listener.connected", channels=list(CHANNELS))
-                backoff = self._reconnect_s
-                while not conn.is_closed():
-                    await anyio.sleep(self._poll_s * 5)
-                    await conn.execute("SELECT 1")  # notices a dead connection
-            except (DaemonError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                async with self._store.listen(CHANNELS, self._notified) as listener:
+                    self.listening = True
+                    log.info("listener.connected", channels=list(CHANNELS))
+                    backoff = self._reconnect_s
+                    while listener.alive:
+                        await anyio.sleep(self._poll_s * 5)
+                        await listener.check()
+            except DaemonError as exc:
                 log.warning("listener.lost", error=str(exc), retry_in_s=backoff)
             finally:
                 self.listening = False
-                if conn is not None and not conn.is_closed():
-                    with anyio.CancelScope(shield=True):
-                        await conn.close()
             # Back off, but only until a call gets through again (daemon.db.outage):
             # meanwhile the waiters poll, each check a statement.
             outage.failed()

@@ -36,7 +36,7 @@ import anyio.abc
 from daemon.db.outage import through_outage
 from daemon.errors import DaemonError, InvalidInputError
 from daemon.limits import CommandSpec, command_spec
-from daemon.logs import get_logger
+from daemon.logs import Logger, get_logger
 from daemon.models import TaskStatus
 from daemon.store import TaskChange, WorkStore
 from daemon.work.environment import child_environment
@@ -189,7 +189,7 @@ class TaskRunner:
             self.start(row["id"], spec, supervisor_id=owner.supervisor_id,
                        contract_id=owner.contract_id, epoch=owner.epoch, rerun=running)  # fmt: skip
 
-    async def _interrupt(self, task_id: uuid.UUID, owner: _Owner, tlog: Any) -> None:
+    async def _interrupt(self, task_id: uuid.UUID, owner: _Owner, tlog: Logger) -> None:
         error = {"error": "interrupted: the daemon running it stopped"}
         change = await through_outage(
             lambda: self._store.interrupt_task(
@@ -204,7 +204,7 @@ class TaskRunner:
             tlog.warning("task.interrupted")
             self._finished("interrupted")
 
-    def _fenced(self, owner: _Owner, write: str, tlog: Any) -> None:
+    def _fenced(self, owner: _Owner, write: str, tlog: Logger) -> None:
         """A fenced task write found the supervisor under another epoch (or this
         daemon's lease lapsed): nothing was written; the host stops the supervisor."""
         tlog.warning("task.fenced", write=write, epoch=owner.epoch)
@@ -228,7 +228,7 @@ class TaskRunner:
         )  # fmt: skip
 
     async def _run(
-        self, task_id: uuid.UUID, owner: _Owner, command: CommandSpec, rerun: bool, tlog: Any
+        self, task_id: uuid.UUID, owner: _Owner, command: CommandSpec, rerun: bool, tlog: Logger
     ) -> None:
         try:
             started = await through_outage(
@@ -280,7 +280,7 @@ class TaskRunner:
             await self._fail(task_id, owner, f"the task could not run: {reason}", tlog)
 
     async def _refuse(
-        self, task_id: uuid.UUID, owner: _Owner, exc: InvalidInputError, tlog: Any
+        self, task_id: uuid.UUID, owner: _Owner, exc: InvalidInputError, tlog: Logger
     ) -> None:
         tlog.warning("task.invalid_spec", error=str(exc))
         await self._fail(task_id, owner, f"invalid task spec: {exc}", tlog, never_started=True)
@@ -290,7 +290,7 @@ class TaskRunner:
         task_id: uuid.UUID,
         owner: _Owner,
         error: str,
-        tlog: Any,
+        tlog: Logger,
         *,
         never_started: bool = False,
     ) -> None:

@@ -156,9 +156,8 @@ async def test_a_daemon_that_loses_its_lease_drops_its_supervisors_and_claims_th
 ) -> None:
     from daemon.config import load_settings
     from daemon.errors import TransientDatabaseError
-    from daemon.ops import metrics
     from daemon.ops.metrics import DaemonMetrics
-    from daemon.runtime import lifecycle
+    from daemon.runtime import components, lifecycle
     from daemon.store import DaemonRegistry
 
     state = await Store(pool).save_supervisor_state_full(
@@ -185,7 +184,7 @@ async def test_a_daemon_that_loses_its_lease_drops_its_supervisors_and_claims_th
         made.append(DaemonMetrics(*args))
         return made[-1]
 
-    monkeypatch.setattr(metrics, "DaemonMetrics", keep)
+    monkeypatch.setattr(components, "DaemonMetrics", keep)
     settings = load_settings(
         {
             "SUPERVISOR_DAEMON_DATABASE_URL": dsn,

@@ -21,7 +21,7 @@ from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue, SupervisorLostError
 from daemon.restoration.run import restore_all
 from daemon.services import Services
-from daemon.store import DaemonRegistry, EventStore, Store
+from daemon.store import DaemonRegistry, EventStore, RestorationStore, Store, Stores
 from tests.factories import new_state, own
 from tests.processes import daemon_process, read_until, run_cli
 from tests.queues import running
@@ -51,7 +51,7 @@ async def test_manual_restore_takes_over_from_a_live_owner_with_a_new_epoch(
         new_state(state=SupervisorStateKind.BLOCKED, error_message="crash loop")
     )
     await own(pool, "live", parked.id, epoch=7)  # its owner's lease is live
-    outcome = await Services(pool).restore(str(parked.id))
+    outcome = await Services(Stores.over(pool)).restore(str(parked.id))
     assert outcome.outcome == "restored"
     row = await pool.fetchrow("SELECT * FROM supervisor_states WHERE id = $1", parked.id)
     assert row is not None
@@ -62,7 +62,7 @@ async def test_manual_restore_takes_over_from_a_live_owner_with_a_new_epoch(
     async with running(PersistenceQueue(EventStore(pool))) as queue:
         with pytest.raises(SupervisorLostError, match="epoch mismatch"):
             await queue.submit(events.activity_reported(parked.id, "still mine?", epoch=7))
-    claimed = await restore_all(pool, "live", include_own=False)
+    claimed = await restore_all(RestorationStore(pool), "live", include_own=False)
     assert claimed.supervisors == 1
     shown = run_cli(
         "supervisors", "show", str(parked.id), env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
@@ -106,4 +106,4 @@ async def test_a_daemon_told_not_to_release_keeps_its_supervisors_over_a_restart
     # Still its own, its lease running: another daemon waits for it to expire.
     assert (row["stopped_at"], row["live"], row["owner_daemon_id"]) == (None, True, "keeper")
     await DaemonRegistry(pool).register("other", hostname="h", pid=1, version="0", lease_s=30)
-    assert (await restore_all(pool, "other", include_own=False)).supervisors == 0
+    assert (await restore_all(RestorationStore(pool), "other", include_own=False)).supervisors == 0

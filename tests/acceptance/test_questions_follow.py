@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from daemon.models import SupervisorStateKind
-from daemon.store import Store, WorkStore, notify_question
+from daemon.store import Store, WorkStore
 from daemon.work.delivery import notify_body
 from tests.factories import new_question, new_state
 from tests.processes import cli_env
@@ -73,7 +73,7 @@ class Follower:
 
 async def _notify(pool: asyncpg.Pool[Any], supervisor_id: uuid.UUID, redelivery: bool) -> str:
     question = new_question()
-    await notify_question(pool, notify_body(supervisor_id, question, redelivery))
+    await WorkStore(pool).notify_question(notify_body(supervisor_id, question, redelivery))
     return str(question.id)
 
 
@@ -98,7 +98,7 @@ async def test_follow_shows_pending_then_new_questions_once_and_stops_on_ctrl_c(
         asked = await _notify(pool, state.id, redelivery=False)
         await _notify(pool, state.id, redelivery=True)  # a new question, redelivered
         # The pending one again, as a restoration redelivers it.
-        await notify_question(pool, notify_body(state.id, waiting, True))
+        await WorkStore(pool).notify_question(notify_body(state.id, waiting, True))
         last = await _notify(pool, state.id, redelivery=False)
         shown = [follower.next()["questionId"] for _ in range(3)]
         assert shown[0] == asked
@@ -148,13 +148,13 @@ async def test_follow_prints_a_long_question_whole_and_a_gone_one_as_its_preview
         assert follower.next()["questionId"] == str(waiting.id)  # listening from now on
         long = new_question(question="Déployer ce changement ? " * 400, context="le plan")
         await ask(pool, state.id, long)
-        await notify_question(pool, notify_body(state.id, long, False))
+        await WorkStore(pool).notify_question(notify_body(state.id, long, False))
         shown = follower.next()
         assert (shown["questionId"], shown["question"]) == (str(long.id), long.question)
         assert shown["context"] == "le plan"
         # One answered before it was read: its preview, marked as such.
         gone = new_question(question="Encore ? " * 2000)
-        await notify_question(pool, notify_body(state.id, gone, False))
+        await WorkStore(pool).notify_question(notify_body(state.id, gone, False))
         preview = follower.next()
         assert (preview["questionId"], preview["truncated"]) == (str(gone.id), True)
         assert gone.question.startswith(preview["question"].rstrip("\u2026"))

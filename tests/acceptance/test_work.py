@@ -152,7 +152,7 @@ async def test_an_answer_wakes_its_waiter(
     state = await store.save_supervisor_state_full(new_state())
     question = new_question()
     await ask(pool, state.id, question)
-    hub = Hub(pool, dsn, poll_s=0.2 if not listening else 30)
+    hub = Hub(WorkStore(pool, dsn=dsn), poll_s=0.2 if not listening else 30)
     async with anyio.create_task_group() as tg:
         if listening:
             await tg.start(hub.run)
@@ -237,13 +237,15 @@ async def test_agents_drive_supervisors_durably(
     )
     missing = await store.save_supervisor_state_full(new_state(agent="no.such.module:run"))
     await pool.execute("UPDATE supervisor_states SET owner_daemon_id = 'd1'")
-    hub = Hub(pool, dsn, poll_s=0.1)
+    hub = Hub(WorkStore(pool, dsn=dsn), poll_s=0.1)
     async with running(PersistenceQueue(EventStore(pool))) as queue, \
             anyio.create_task_group() as tg:  # fmt: skip
         await tg.start(hub.run)
-        delivery = Delivery(pool, tg, webhook_url=url)
-        runner = TaskRunner(WorkStore(pool), tg, daemon_id="d1")
-        host = Host(pool, "d1", queue=queue, hub=hub, runner=runner, delivery=delivery, tg=tg)
+        work = WorkStore(pool)
+        delivery = Delivery(work, tg, webhook_url=url)
+        runner = TaskRunner(work, tg, daemon_id="d1")
+        host = Host(Store(pool), work, "d1", queue=queue, hub=hub, runner=runner,
+                    delivery=delivery, tg=tg)  # fmt: skip
         assert await host.start({}) == 3
         with anyio.fail_after(20):
             while not await pool.fetchval(
@@ -281,7 +283,7 @@ async def test_restoration_redeliveries_reach_the_webhook(
     question = new_question()
     sid = uuid.uuid4()
     async with anyio.create_task_group() as tg:
-        Delivery(pool, tg, webhook_url=url).webhook_redeliveries({
+        Delivery(WorkStore(pool), tg, webhook_url=url).webhook_redeliveries({
             sid: SupervisorRestorationContext(success=True, pending_questions=(question,)),
         })  # fmt: skip
     assert [(hook["questionId"], hook["redelivery"]) for hook in received] == [

@@ -49,10 +49,10 @@ async def supervisor_on(
     """An in-process supervisor wired to the real queue, hub, runner and delivery."""
     state = await Store(pool).save_supervisor_state_full(new_state())
     await own(pool, "d1", state.id, epoch=state.owner_epoch)
-    hub = Hub(pool, dsn, poll_s=0.1)
+    hub = Hub(WorkStore(pool, dsn=dsn), poll_s=0.1)
     async with running(PersistenceQueue(EventStore(pool))) as queue, \
             anyio.create_task_group() as tg:  # fmt: skip
-        delivery = Delivery(delivery_pool or pool, tg)
+        delivery = Delivery(WorkStore(delivery_pool or pool), tg)
         yield Supervisor(
             state, queue=queue, hub=hub, runner=TaskRunner(WorkStore(pool), tg, daemon_id="d1"),
             deliver=delivery.deliver,

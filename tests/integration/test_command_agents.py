@@ -80,17 +80,18 @@ async def _host_run(
     )
     state = await Store(pool).save_supervisor_state_full(new_state(agent=agent))
     await pool.execute("UPDATE supervisor_states SET owner_daemon_id = 'd1'")
-    hub = Hub(pool, dsn, poll_s=0.1)
+    hub = Hub(WorkStore(pool, dsn=dsn), poll_s=0.1)
     async with running(PersistenceQueue(EventStore(pool))) as queue, \
             anyio.create_task_group() as tg:  # fmt: skip
         await tg.start(hub.run)
         host = Host(
-            pool,
+            Store(pool),
+            WorkStore(pool),
             "d1",
             queue=queue,
             hub=hub,
             runner=TaskRunner(WorkStore(pool), tg, daemon_id="d1"),
-            delivery=Delivery(pool, tg),
+            delivery=Delivery(WorkStore(pool), tg),
             tg=tg,
         )
         assert await host.start({}) == 1

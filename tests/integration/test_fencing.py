@@ -215,12 +215,13 @@ async def looping_agent(sup: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def _host(pool: asyncpg.Pool[Any], dsn: str) -> AsyncIterator[Host]:
-    hub = Hub(pool, dsn, poll_s=0.1)
+    hub = Hub(WorkStore(pool, dsn=dsn), poll_s=0.1)
     async with running(PersistenceQueue(EventStore(pool))) as queue, \
             anyio.create_task_group() as tg:  # fmt: skip
-        runner = TaskRunner(WorkStore(pool), tg, daemon_id="d1")
-        host = Host(pool, "d1", queue=queue, hub=hub, runner=runner, delivery=Delivery(pool, tg),
-                    tg=tg)  # fmt: skip
+        work = WorkStore(pool)
+        runner = TaskRunner(work, tg, daemon_id="d1")
+        host = Host(Store(pool), work, "d1", queue=queue, hub=hub, runner=runner,
+                    delivery=Delivery(work, tg), tg=tg)  # fmt: skip
         queue.on_lost = lambda sid, epoch: host.drop(sid, epoch, reason="a write was refused")
         runner.on_lost = lambda sid, epoch: host.drop(sid, epoch, reason="fenced")
         yield host

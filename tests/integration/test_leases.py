@@ -93,11 +93,16 @@ async def test_claims_take_a_fair_share(pool: asyncpg.Pool[Any], store: Store) -
         await registry.register(name, hostname="h", pid=1, version="0", lease_s=30)
     for _ in range(10):
         await store.save_supervisor_state_full(new_state())
-    summaries = [await restore_all(pool, name, include_own=False) for name in ("a", "b", "c")]
+    summaries = [
+        await restore_all(RestorationStore(pool), name, include_own=False)
+        for name in ("a", "b", "c")
+    ]
     assert [s.supervisors for s in summaries] == [4, 4, 2]  # up to ceil(10 / 3) each
     # A daemon that dies: the two others share its supervisors out.
     await _expire(pool, "c")
-    taken = [await restore_all(pool, name, include_own=False) for name in ("a", "b")]
+    taken = [
+        await restore_all(RestorationStore(pool), name, include_own=False) for name in ("a", "b")
+    ]
     assert [s.supervisors for s in taken] == [1, 1]
     owners = await pool.fetch(
         "SELECT owner_daemon_id, count(*) FROM supervisor_states GROUP BY 1 ORDER BY 1"
@@ -107,12 +112,18 @@ async def test_claims_take_a_fair_share(pool: asyncpg.Pool[Any], store: Store) -
     await registry.register("small", hostname="h", pid=1, version="0", lease_s=30, capacity=1)
     for _ in range(6):
         await store.save_supervisor_state_full(new_state())
-    assert (await restore_all(pool, "small", capacity=1, include_own=False)).supervisors == 1
+    assert (
+        await restore_all(RestorationStore(pool), "small", capacity=1, include_own=False)
+    ).supervisors == 1
 
 
 async def test_one_daemon_id_is_held_by_one_process(dsn: str, pool: asyncpg.Pool[Any]) -> None:
-    first = LeaseKeeper(dsn, _registration("dup"), LeaseTiming(30), id_wait_s=0.3)
-    second = LeaseKeeper(dsn, _registration("dup"), LeaseTiming(30), id_wait_s=0.3)
+    first = LeaseKeeper(
+        DaemonRegistry(pool, dsn=dsn), _registration("dup"), LeaseTiming(30), id_wait_s=0.3
+    )
+    second = LeaseKeeper(
+        DaemonRegistry(pool, dsn=dsn), _registration("dup"), LeaseTiming(30), id_wait_s=0.3
+    )
     await first.acquire()
     try:
         with pytest.raises(DaemonIdInUseError, match="'dup' is in use by another running process"):
@@ -133,7 +144,7 @@ async def test_a_suspended_machine_finds_its_lease_gone_when_it_wakes(
     # Here the suspend-counting clock jumps ahead by a whole lease, as after a lid closed
     # for that long: the daemon must give the lease up at once, not a lease later.
     slept = 0.0
-    keeper = LeaseKeeper(dsn, _registration("sleepy"), LeaseTiming(60),
+    keeper = LeaseKeeper(DaemonRegistry(pool, dsn=dsn), _registration("sleepy"), LeaseTiming(60),
                          clock=lambda: boottime() + slept)  # fmt: skip
     await keeper.acquire()
     lost: list[str] = []
@@ -166,7 +177,8 @@ async def test_a_stop_hands_the_supervisors_over(pool: asyncpg.Pool[Any], store:
     async with running(PersistenceQueue(EventStore(pool))) as queue:
         with pytest.raises(SupervisorLostError, match="epoch mismatch"):  # a late write of its own
             await queue.submit(events.activity_reported(state.id, "late", epoch=2))
-    summary = await restore_all(pool, "staying", include_own=False)  # at once, not at expiry
+    # Claimed at once, not at the lease's expiry.
+    summary = await restore_all(RestorationStore(pool), "staying", include_own=False)
     assert summary.supervisors == 1
     row = await pool.fetchrow(
         "SELECT owner_daemon_id, owner_epoch, restoration_source FROM supervisor_states"

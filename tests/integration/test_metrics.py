@@ -24,7 +24,7 @@ from daemon.ops import metrics
 from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
 from daemon.restoration.run import restore_all
-from daemon.store import DaemonRegistry, EventStore, MetricsStore, Store
+from daemon.store import DaemonRegistry, EventStore, MetricsStore, RestorationStore, Store
 from tests.factories import new_question, new_state
 from tests.queues import running
 
@@ -143,7 +143,7 @@ async def test_restorations_are_counted_by_action_source_and_outcome(
     await _corrupt(pool, broken.id)  # invalid, no checkpoint: started fresh
     daemon_metrics = metrics.DaemonMetrics(PersistenceQueue(EventStore(pool)), lambda: 0)
     await DaemonRegistry(pool).register("d1", hostname="h", pid=1, version="0", lease_s=30)
-    await restore_all(pool, "d1", on_outcome=daemon_metrics.restored)
+    await restore_all(RestorationStore(pool), "d1", on_outcome=daemon_metrics.restored)
     registry = daemon_metrics.registry
     name = "supervisor_daemon_restorations_total"
     for action in ("proceed", "start_fresh"):

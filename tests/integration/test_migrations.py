@@ -19,6 +19,7 @@ from daemon.db.pool import connect, init_connection
 from daemon.db.queries import queries
 from daemon.errors import MigrationError
 from daemon.restoration.run import restore_manually
+from daemon.store import RestorationStore
 
 FIRST = "20260101000000_supervisor_states.sql"
 ENHANCED = "20260201000001_enhanced_supervisor_state.sql"
@@ -449,7 +450,7 @@ async def _restore_from_upgraded_checkpoints(dsn: str, filled: dict[str, Any]) -
             "UPDATE supervisors SET state = 'waiting_for_user' WHERE id = ANY ($1)",
             [sids[0], sids[2]],
         )
-        first = await restore_manually(pool, sids[0])
+        first = await restore_manually(RestorationStore(pool), sids[0])
         assert first is not None
         assert first.action.value == "use_checkpoint"
         assert first.context.history_length == 25
@@ -459,7 +460,7 @@ async def _restore_from_upgraded_checkpoints(dsn: str, filled: dict[str, Any]) -
         row = await pool.fetchrow("SELECT * FROM supervisor_states WHERE id = $1", sids[0])
         assert row is not None
         assert row["conversation_history"] == history["conversation_history"][:25]
-        second = await restore_manually(pool, sids[2])
+        second = await restore_manually(RestorationStore(pool), sids[2])
         assert second is not None
         assert second.action.value == "use_checkpoint"
         row = await pool.fetchrow("SELECT * FROM supervisor_states WHERE id = $1", sids[2])

@@ -345,7 +345,7 @@ async def test_the_listener_reconnects_as_soon_as_the_database_answers_again(
     """While its LISTEN connection is down, answers and task results reach the waiters
     only by polling; the listener backs off between attempts (here 30 s), and the first
     call that gets through once the server is back ends that wait."""
-    hub = Hub(crash_pool, crashable.dsn, poll_s=0.1, reconnect_s=30)
+    hub = Hub(WorkStore(crash_pool, dsn=crashable.dsn), poll_s=0.1, reconnect_s=30)
     work = WorkStore(crash_pool)
     async with anyio.create_task_group() as tg:
         await tg.start(hub.run)

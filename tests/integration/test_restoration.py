@@ -26,7 +26,7 @@ from daemon.restoration import validation
 from daemon.restoration.plan import CrashLoopGuard
 from daemon.restoration.run import restore_manually
 from daemon.services import Services
-from daemon.store import DaemonRegistry, Store
+from daemon.store import DaemonRegistry, RestorationStore, Store, Stores
 from tests.factories import new_question, new_state
 from tests.queues import ask, restore_outcomes, spawn
 
@@ -109,7 +109,7 @@ async def test_valid_state_proceeds_and_is_recorded(pool: asyncpg.Pool[Any], sto
 
 
 async def test_unknown_supervisor_is_reported_not_invented(pool: asyncpg.Pool[Any]) -> None:
-    assert await restore_manually(pool, uuid.uuid4()) is None
+    assert await restore_manually(RestorationStore(pool), uuid.uuid4()) is None
 
 
 async def _checkpoint(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> None:
@@ -214,7 +214,7 @@ async def test_answers_given_while_down_are_applied_not_redelivered(
     state = await store.save_supervisor_state_full(new_state())
     answered, open_one = new_question(), new_question(question="And the tests?")
     await ask(pool, state.id, answered, open_one)
-    await Services(pool).answer(answered.id, "yes")  # no daemon runs
+    await Services(Stores.over(pool)).answer(answered.id, "yes")  # no daemon runs
     outcome = (await restore_outcomes(pool))[state.id]
     assert [q.id for q in outcome.redeliver] == [open_one.id]
     assert outcome.applied_answers == (answered.id,)
@@ -233,7 +233,7 @@ async def test_awaited_tasks_are_rechecked(pool: asyncpg.Pool[Any], store: Store
     )
     done = await spawn(pool, state.id, awaited=True)
     busy = await spawn(pool, state.id, awaited=True)
-    await Services(pool).complete_task(done.id)
+    await Services(Stores.over(pool)).complete_task(done.id)
     # Left running by a daemon that died (only an owner starts a task).
     await pool.execute("UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", busy.id)
     outcome = (await restore_outcomes(pool))[state.id]
@@ -263,7 +263,7 @@ async def test_crash_loop_parks_and_manual_restore_unparks(
     assert f"supervisor-daemon restore {state.id}" in row["error_message"]
     assert state.id not in await restore_outcomes(pool, guard=guard)  # parked stays parked
 
-    manual = await restore_manually(pool, state.id, guard=guard)
+    manual = await restore_manually(RestorationStore(pool), state.id, guard=guard)
     assert manual is not None
     assert manual.outcome == "restored"
     row = await _raw(pool, state.id)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from daemon.db.pool import init_connection
 from daemon.restoration.run import restore_manually
+from daemon.store import RestorationStore
 
 # PostgreSQL's jsonb stores any JSON but the NUL character and lone surrogates.
 texts = st.text(
@@ -71,7 +72,7 @@ async def _write_and_restore(dsn: str, row: dict[str, Any]) -> None:
         )
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=init_connection)
         assert pool is not None
-        outcome = await restore_manually(pool, sid)
+        outcome = await restore_manually(RestorationStore(pool), sid)
         assert outcome is not None
         assert outcome.outcome in {"restored", "blocked", "failed"}
         stored = await conn.fetchrow(

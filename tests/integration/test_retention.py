@@ -13,7 +13,7 @@ import pytest
 from daemon.config import load_settings
 from daemon.errors import ConfigError
 from daemon.runtime.retention import parse_age, prune, prune_forever
-from daemon.store import Store
+from daemon.store import RetentionStore, Store
 from tests.retention_cases import RETAINED_ROWS, retention_population, row_counts
 
 
@@ -28,12 +28,14 @@ async def test_prune_deletes_only_the_rows_of_supervisors_finished_long_ago(
     before = {name: await row_counts(pool, sid) for name, sid in population.items()}
     assert all(counts["messages"] == 7 for counts in before.values())
 
-    dry = await prune(pool, timedelta(days=30), dry_run=True)
+    dry = await prune(RetentionStore(pool), timedelta(days=30), dry_run=True)
     assert (dry.supervisors, dry.messages, dry.tasks, dry.checkpoints) == (2, 14, 6, 2)
     assert dry.journal_segments >= 2
     assert {name: await row_counts(pool, sid) for name, sid in population.items()} == before
 
-    report = await prune(pool, timedelta(days=30), batch_rows=2)  # many small statements
+    report = await prune(
+        RetentionStore(pool), timedelta(days=30), batch_rows=2
+    )  # many small statements
     assert (report.supervisors, report.messages, report.tasks, report.checkpoints) == (
         2,
         14,
@@ -59,7 +61,7 @@ async def test_prune_deletes_only_the_rows_of_supervisors_finished_long_ago(
     assert asking is not None
     assert len(asking.pending_questions) == 1
     # Once pruned, a supervisor is not counted again.
-    again = await prune(pool, timedelta(days=30))
+    again = await prune(RetentionStore(pool), timedelta(days=30))
     assert again.supervisors == 0
 
 
@@ -69,7 +71,7 @@ async def test_a_running_daemon_prunes_on_a_clock(
     gone, kept = population["completed_long_ago"], population["completed_recently"]
     before = await row_counts(pool, kept)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: prune_forever(pool, 30, interval_s=0.05))
+        tg.start_soon(lambda: prune_forever(RetentionStore(pool), 30, interval_s=0.05))
         with anyio.fail_after(30):
             while (await row_counts(pool, gone))["messages"]:
                 await anyio.sleep(0.05)

@@ -15,7 +15,7 @@ from daemon.agents.supervisor import Supervisor
 from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.restoration.run import restore_manually
-from daemon.store import EventStore, Store
+from daemon.store import EventStore, RestorationStore, Store
 from tests.factories import new_state
 from tests.queues import running, spawn, submit_together
 
@@ -121,7 +121,7 @@ async def test_a_fallback_rewinds_to_the_checkpoint_position(
         await queue.submit(events.task_spawned(sid, after))
     await pool.execute("UPDATE supervisors SET state = 'waiting_for_user' WHERE id = $1", sid)
 
-    outcome = await restore_manually(pool, sid, history_tail=5)
+    outcome = await restore_manually(RestorationStore(pool), sid, history_tail=5)
     assert outcome is not None
     assert outcome.action.value == "use_checkpoint"
     assert outcome.context.history_length == 60
@@ -144,7 +144,7 @@ async def test_restoration_loads_a_tail_and_the_length(
 ) -> None:
     history = tuple(_message(n) for n in range(120))
     sid = (await store.save_supervisor_state_full(new_state(conversation_history=history))).id
-    outcome = await restore_manually(pool, sid, history_tail=50)
+    outcome = await restore_manually(RestorationStore(pool), sid, history_tail=50)
     assert outcome is not None
     assert outcome.action.value == "proceed"
     assert outcome.context.conversation_history == history[-50:]
@@ -249,7 +249,7 @@ async def test_an_older_writers_non_array_history_is_kept_and_reported(
         "SELECT conversation_history FROM supervisor_states WHERE id = $1", sid
     )
     assert history == {"not": "a list"}
-    outcome = await restore_manually(pool, sid)
+    outcome = await restore_manually(RestorationStore(pool), sid)
     assert outcome is not None
     assert "conversation_history is not a JSON array" in outcome.validation.issues
     assert outcome.action.value == "start_fresh"

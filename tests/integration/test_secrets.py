@@ -24,6 +24,7 @@ from daemon.datadir import ensure_data_dir
 from daemon.db import embedded
 from daemon.db.database import open_database
 from daemon.errors import ConfigError
+from daemon.store import WorkStore
 from daemon.work.delivery import WEBHOOK_CONCURRENCY, Delivery
 from tests.factories import new_question
 
@@ -113,7 +114,9 @@ async def test_a_webhook_redirect_is_not_followed(
 ) -> None:
     with Receiver() as receiver:
         async with anyio.create_task_group() as tg:
-            delivery = Delivery(pool, tg, webhook_url=f"{receiver.url}/moved", attempts=3)
+            delivery = Delivery(
+                WorkStore(pool), tg, webhook_url=f"{receiver.url}/moved", attempts=3
+            )
             (question_id,) = await _deliver(delivery)
     assert receiver.requests == [("POST", "/moved")]  # nothing went to /hook
     (failed,) = [line for line in captured_logs if line["event"] == "question.webhook_failed"]
@@ -136,7 +139,9 @@ async def test_proxy_variables_are_ignored_unless_configured(
     monkeypatch.setenv("HTTP_PROXY", dead)
     with Receiver() as receiver:
         async with anyio.create_task_group() as tg:
-            await _deliver(Delivery(pool, tg, webhook_url=f"{receiver.url}/hook", attempts=2))
+            await _deliver(
+                Delivery(WorkStore(pool), tg, webhook_url=f"{receiver.url}/hook", attempts=2)
+            )
     assert receiver.requests == [("POST", "/hook")]
     assert not [line for line in captured_logs if line["event"] == "question.webhook_failed"]
 
@@ -145,7 +150,9 @@ async def test_proxy_variables_are_ignored_unless_configured(
         monkeypatch.setenv("http_proxy", proxy.url)
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         async with anyio.create_task_group() as tg:
-            delivery = Delivery(pool, tg, webhook_url=f"{target.url}/hook", use_proxy=True)
+            delivery = Delivery(
+                WorkStore(pool), tg, webhook_url=f"{target.url}/hook", use_proxy=True
+            )
             await _deliver(delivery)
     assert target.requests == []
     assert proxy.requests == [("POST", f"{target.url}/hook")]
@@ -155,7 +162,7 @@ async def test_webhook_deliveries_run_a_bounded_number_at_once(pool: asyncpg.Poo
     count, bound = 12, WEBHOOK_CONCURRENCY
     with Receiver(hold=True) as receiver:
         async with anyio.create_task_group() as tg:
-            delivery = Delivery(pool, tg, webhook_url=f"{receiver.url}/hook")
+            delivery = Delivery(WorkStore(pool), tg, webhook_url=f"{receiver.url}/hook")
             await _deliver(delivery, count)
             # Every delivery is either at the receiver or waiting for a slot: nothing
             # else can start until some finish.

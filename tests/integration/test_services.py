@@ -14,7 +14,7 @@ from daemon.models import SupervisorStateKind, TaskStatus
 from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
 from daemon.services import Services, parse_id, pick_choice
-from daemon.store import DaemonRegistry, EventStore, Store
+from daemon.store import DaemonRegistry, EventStore, Store, Stores
 from tests.factories import new_question, new_state, now
 from tests.queues import apply_answer, ask, running, spawn
 
@@ -58,7 +58,7 @@ def test_pick_choice_by_text_or_number() -> None:
 async def test_prefixes_resolve_when_unique_and_list_candidates_otherwise(
     store: Store, pool: asyncpg.Pool[Any]
 ) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     a = await store.save_supervisor_state_full(
         new_state(id=_id("abcd0000-0000-4000-8000-00000000000a"))
     )
@@ -96,7 +96,7 @@ async def test_prefixes_resolve_when_unique_and_list_candidates_otherwise(
 async def test_answer_rules_write_nothing_when_refused(
     store: Store, pool: asyncpg.Pool[Any]
 ) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     state = await store.save_supervisor_state_full(new_state())
     question = new_question(choices=("yes", "no"))
     await ask(pool, state.id, question)
@@ -119,7 +119,7 @@ async def test_answer_rules_write_nothing_when_refused(
 
 
 async def test_complete_task_rules(store: Store, pool: asyncpg.Pool[Any]) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     state = await store.save_supervisor_state_full(new_state())
     task = await spawn(pool, state.id, spec={"kind": "external"})
     with pytest.raises(NotFoundError, match="does not exist"):
@@ -131,7 +131,7 @@ async def test_complete_task_rules(store: Store, pool: asyncpg.Pool[Any]) -> Non
 
 
 async def test_lists_filter_and_count(store: Store, pool: asyncpg.Pool[Any]) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     await DaemonRegistry(pool).register("d1", hostname="h", pid=1, version="0", lease_s=30,
                                         capacity=7)  # fmt: skip
     blocked = new_state(phase="review", state=SupervisorStateKind.BLOCKED, error_message="stuck")
@@ -158,7 +158,7 @@ async def test_lists_filter_and_count(store: Store, pool: asyncpg.Pool[Any]) -> 
 
 
 async def test_questions_oldest_first(store: Store, pool: asyncpg.Pool[Any]) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     first, second = new_state(), new_state()
     for state in (first, second):
         await store.save_supervisor_state_full(state)
@@ -176,7 +176,7 @@ async def test_questions_oldest_first(store: Store, pool: asyncpg.Pool[Any]) -> 
 async def test_supervisor_page_with_journal_and_conversation_pages(
     store: Store, pool: asyncpg.Pool[Any]
 ) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     messages = tuple({"role": "assistant", "content": f"message {n}"} for n in range(1, 8))
     state = await store.save_supervisor_state_full(new_state(conversation_history=messages))
     await spawn(pool, state.id, spec={"command": "true"})  # the journal's first event
@@ -206,7 +206,7 @@ async def test_supervisor_page_with_journal_and_conversation_pages(
 
 
 async def test_restore_unparks_a_blocked_supervisor(store: Store, pool: asyncpg.Pool[Any]) -> None:
-    services = Services(pool)
+    services = Services(Stores.over(pool))
     parked = new_state(state=SupervisorStateKind.BLOCKED, error_message="crash loop")
     await store.save_supervisor_state_full(parked)
     outcome = await services.restore(str(parked.id)[:8])

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from daemon.models import SupervisorStateKind
 from daemon.services import Services
-from daemon.store import DaemonRegistry, Store
+from daemon.store import DaemonRegistry, Store, Stores
 from daemon.web.app import create_app
 from daemon.web.openapi import document
 from tests.factories import new_question, new_state
@@ -30,7 +30,7 @@ XSS = "<script>window.pwned = 1</script><img src=x onerror=alert(1)>"
 
 
 def _client(pool: asyncpg.Pool[Any], token: str | None = None) -> httpx.AsyncClient:
-    app = create_app(Services(pool), token=token)
+    app = create_app(Services(Stores.over(pool)), token=token)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
 
 

@@ -9,7 +9,7 @@ import anyio
 import asyncpg
 
 from daemon.services import Services
-from daemon.store import Store, notify_question
+from daemon.store import Store, Stores, WorkStore
 from daemon.web.live import Live, News
 from daemon.work.delivery import notify_body
 from tests.factories import new_question, new_state
@@ -28,7 +28,7 @@ async def test_news_from_notify_then_from_polls_while_listen_is_down(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
-    live = Live(pool, Services(pool), fast_poll_s=0.05, slow_poll_s=3600)
+    live = Live(WorkStore(pool), Services(Stores.over(pool)), fast_poll_s=0.05, slow_poll_s=3600)
     async with anyio.create_task_group() as tg:
         tg.start_soon(live.run)
         with live.subscribe() as news:
@@ -38,7 +38,7 @@ async def test_news_from_notify_then_from_polls_while_listen_is_down(
             asked = new_question()
             await ask(pool, state.id, asked)
             body = notify_body(state.id, asked, redelivery=False)
-            await notify_question(pool, body)
+            await WorkStore(pool).notify_question(body)
             assert await _next(news) == News("question", str(asked.id))
 
             # The listener's connection dies; a question asked meanwhile (its NOTIFY

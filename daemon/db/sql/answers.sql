@@ -37,3 +37,7 @@ WHERE a.applied_at IS NULL AND s.owner_daemon_id = $1
 -- notify_question --
 -- Deliver one question on the questions channel ($1, see store.QUESTIONS_CHANNEL; restoration.sql sends its own at commit), $2 its JSON body
 SELECT pg_notify($1, $2)
+
+-- ping --
+-- One round trip, nothing read: a held connection the network dropped fails it (the hub's listener)
+SELECT 1
