@@ -26,8 +26,9 @@ from bench._setup import machine, run
 from bench.persistence import Workload
 from daemon.ops.gc_tuning import throughput_mode
 from daemon.persistence import events
-from daemon.persistence.fold import Batch, fold
+from daemon.persistence.fold import fold
 from daemon.persistence.queue import PersistenceQueue
+from daemon.store import Batch
 
 
 class EncodingStore:

@@ -19,14 +19,12 @@ journal column's own input check costs for the same text.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
-
 from daemon.persistence.events import Event, EventKind
+from daemon.store import Batch
 
 _TASK_SPAWNED = EventKind.TASK_SPAWNED
 _QUESTION_ASKED = EventKind.QUESTION_ASKED
@@ -67,34 +65,6 @@ def _append(row: dict[str, Any], key: str, item: Any) -> None:
         row[key] = [item]
     else:
         items.append(item)
-
-
-@dataclasses.dataclass(slots=True)
-class Batch:
-    """What one apply_batch statement writes."""
-
-    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    # Each row's journal segment, [[id, kind, payload], ...], None for a row of
-    # heartbeat/progress only. (Entries are arrays: a tuple is cheaper to make than a
-    # dict and orjson writes it faster; segments written before were
-    # {"e": id, "k": kind, "p": payload}, and `history` reads both.)
-    segments: list[list[tuple[str, str, dict[str, Any]]] | None] = dataclasses.field(
-        default_factory=list
-    )
-    # For the retry check: the last critical event of each supervisor in this batch.
-    last_event: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)
-
-    def parameters(self) -> tuple[str, list[uuid.UUID], list[str | None]]:
-        """The document, the supervisor ids (for the primary-key lookup) and the
-        journal segments as JSON texts, in the order of the rows."""
-        # default=str: asyncpg hands out its own UUID subclass, which orjson does not
-        # know by exact type; anything else was checked when its event was made.
-        dumps = orjson.dumps
-        return (
-            dumps(self.rows, default=str).decode(),
-            [row["i"] for row in self.rows],
-            [None if s is None else dumps(s).decode() for s in self.segments],
-        )
 
 
 def fold(  # noqa: PLR0912, PLR0915 - one flat loop: the hot path, kept inline on purpose

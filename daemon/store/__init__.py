@@ -10,7 +10,7 @@ from here.
 """
 
 from daemon.store.daemons import DaemonRegistry, DaemonSession
-from daemon.store.events import EventStore, MetricsStore
+from daemon.store.events import Batch, EventStore, MetricsStore
 from daemon.store.operations import SpawnedTasksCheck, Store
 from daemon.store.restore import RestorationStore, RetentionStore
 from daemon.store.stores import Stores
@@ -18,6 +18,7 @@ from daemon.store.work import QUESTIONS_CHANNEL, Listener, TaskChange, WorkStore
 
 __all__ = [
     "QUESTIONS_CHANNEL",
+    "Batch",
     "DaemonRegistry",
     "DaemonSession",
     "EventStore",

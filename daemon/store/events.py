@@ -1,18 +1,48 @@
-"""The persistence queue's operations: set-based batch writes and the journal; and the
+"""The persistence queue's operations: set-based batch writes (a Batch is what one
+apply_batch statement reads) and the journal; and the
 numbers behind the metrics' gauges. The only SQL callers on the save path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 import anyio
 import asyncpg
+import orjson
 
 from daemon.db.queries import queries
 from daemon.errors import map_db_errors
-from daemon.persistence.fold import Batch
+
+
+@dataclasses.dataclass(slots=True)
+class Batch:
+    """What one apply_batch statement writes."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Each row's journal segment, [[id, kind, payload], ...], None for a row of
+    # heartbeat/progress only. (Entries are arrays: a tuple is cheaper to make than a
+    # dict and orjson writes it faster; segments written before were
+    # {"e": id, "k": kind, "p": payload}, and `history` reads both.)
+    segments: list[list[tuple[str, str, dict[str, Any]]] | None] = dataclasses.field(
+        default_factory=list
+    )
+    # For the retry check: the last critical event of each supervisor in this batch.
+    last_event: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)
+
+    def parameters(self) -> tuple[str, list[uuid.UUID], list[str | None]]:
+        """The document, the supervisor ids (for the primary-key lookup) and the
+        journal segments as JSON texts, in the order of the rows."""
+        # default=str: asyncpg hands out its own UUID subclass, which orjson does not
+        # know by exact type; anything else was checked when its event was made.
+        dumps = orjson.dumps
+        return (
+            dumps(self.rows, default=str).decode(),
+            [row["i"] for row in self.rows],
+            [None if s is None else dumps(s).decode() for s in self.segments],
+        )
 
 
 class MetricsStore:

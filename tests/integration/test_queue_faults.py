@@ -28,9 +28,8 @@ from daemon.db.outage import through_outage
 from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.errors import TransientDatabaseError
 from daemon.persistence import events
-from daemon.persistence.fold import Batch
 from daemon.persistence.queue import PersistenceQueue, QueueClosedError
-from daemon.store import EventStore, Store, WorkStore
+from daemon.store import Batch, EventStore, Store, WorkStore
 from daemon.work.hub import Hub
 from tests.factories import new_state
 from tests.queues import running

@@ -12,9 +12,8 @@ import pytest
 
 from daemon.ops import watchdog
 from daemon.persistence import events
-from daemon.persistence.fold import Batch
 from daemon.persistence.queue import PersistenceQueue
-from daemon.store import EventStore, Store
+from daemon.store import Batch, EventStore, Store
 from tests.factories import new_state
 from tests.queues import running
 
