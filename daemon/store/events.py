@@ -1,6 +1,6 @@
 """The persistence queue's operations: set-based batch writes (a Batch is what one
-apply_batch statement reads) and the journal; and the
-numbers behind the metrics' gauges. The only SQL callers on the save path.
+apply_batch statement reads) and the journal; and the numbers behind the metrics'
+gauges. The only SQL callers on the save path.
 """
 
 from __future__ import annotations
