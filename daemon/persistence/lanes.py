@@ -100,7 +100,7 @@ def set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
 class Lane:
     """One flusher's share of the supervisors: its own queue, written in order."""
 
-    __slots__ = ("coalesced", "events", "futures", "inflight", "parked", "wakeup")
+    __slots__ = ("busy", "coalesced", "events", "futures", "inflight", "parked", "wakeup")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -112,6 +112,9 @@ class Lane:
         # `wakeup` (a method call per event otherwise).
         self.parked = False
         self.inflight: Sequence[asyncio.Future[None]] = ()
+        # True while a batch holding this lane's events is being written (its own, or
+        # one of another lane that took them along): the lane writes nothing else then.
+        self.busy = False
 
     def wake(self) -> None:
         if self.parked:

@@ -12,9 +12,11 @@ import asyncio
 import uuid
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
+from daemon.models import SupervisorStateKind
 from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.store import EventStore, Store
@@ -67,3 +69,53 @@ async def test_a_report_is_not_lost_nor_overtaken_when_a_batch_is_split(
             await bad
         await older
     assert await _activity(pool, sid) == ("newest", 70)
+
+
+async def test_a_lane_taken_along_keeps_its_reports_after_its_events(
+    pool: asyncpg.Pool[Any], store: Store
+) -> None:
+    # Two lanes; a supervisor's lane is its id modulo 2. x and z share lane 0, y is alone
+    # in lane 1.
+    by_lane: dict[int, list[uuid.UUID]] = {0: [], 1: []}
+    while len(by_lane[0]) < 2 or not by_lane[1]:
+        sid = (await store.save_supervisor_state_full(new_state())).id
+        by_lane[sid.int % 2].append(sid)
+    x, z, y = by_lane[0][0], by_lane[0][1], by_lane[1][0]
+    queue = PersistenceQueue(EventStore(pool), lanes=2)
+    locker = await pool.acquire()
+    held = locker.transaction()
+    await held.start()
+    released = False
+    try:
+        # x's row locked elsewhere: lane 0's first batch stays under way until released.
+        await locker.execute("SELECT 1 FROM supervisors WHERE id = $1 FOR UPDATE", x)
+        async with running(queue):
+            first = asyncio.ensure_future(queue.submit(events.activity_reported(x, "x")))
+            with anyio.fail_after(5):
+                while queue.longest_call_s() == 0:
+                    await asyncio.sleep(0.001)
+            # While it is: an event in lane 0, one in lane 1, and a report newer than the
+            # latter. A lane with a few events waits for the batch under way; the next
+            # batch takes both lanes' events, the report still after y's state change.
+            later = [
+                asyncio.ensure_future(queue.submit(events.activity_reported(z, "z"))),
+                asyncio.ensure_future(
+                    queue.submit(events.state_changed(y, SupervisorStateKind.WORKING, progress=10))
+                ),
+            ]
+            await asyncio.sleep(0)
+            queue.submit_nowait(events.progress_reported(y, 50, activity="newest"))
+            with anyio.fail_after(5):
+                while queue.queued < 2:
+                    await asyncio.sleep(0.001)
+            await held.rollback()
+            released = True
+            await asyncio.gather(first, *later)
+    finally:
+        if not released:
+            await held.rollback()
+        await pool.release(locker)
+    assert queue.counters.batches == 2
+    assert queue.counters.batch_events_max == 2
+    assert await _activity(pool, y) == ("newest", 50)
+    assert (await _activity(pool, z))[0] == "z"
