@@ -38,8 +38,8 @@ import anyio
 import asyncpg
 
 from bench._setup import ServerCpu, fresh_database, machine, open_pool, run
-from bench.persistence import percentile
 from bench.scale import rss_kib
+from bench.workload import percentile
 from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
 from daemon.restoration.plan import CrashLoopGuard

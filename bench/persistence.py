@@ -30,11 +30,9 @@ import asyncio
 import gc
 import itertools
 import json
-import random
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -49,93 +47,16 @@ from bench._setup import (
     open_pool,
     run,
 )
-from daemon.models import PendingQuestion, QuestionType, SupervisorStateKind
+from bench.baselines import ORIGINAL_ROWS, ORIGINAL_TABLE, bench_copy, bench_naive
+from bench.workload import Workload, percentile
 from daemon.ops.gc_tuning import throughput_mode
 from daemon.persistence import events
-from daemon.persistence.events import Event
 from daemon.persistence.queue import PersistenceQueue
 from daemon.store import EventStore
-
-KINDS = ["task", "ask", "answer", "phase", "activity", "state", "message"]
-# A long-running supervisor mostly reports activity and state and spawns tasks; it
-# asks now and then and changes phase rarely (each phase change stores a checkpoint).
-WEIGHTS = [25, 8, 8, 1, 34, 20, 4]
-PHASES = ["plan", "implement", "review"]
-AWAITED_TASKS = 4  # a supervisor waits for its tasks once it has spawned this many
-STATES = [
-    SupervisorStateKind.WORKING,
-    SupervisorStateKind.WAITING_FOR_TASKS,
-    SupervisorStateKind.IDLE,
-]
-
-
-class Workload:
-    """Per-supervisor event generator: the same sequence logic for every method."""
-
-    def __init__(self, supervisor_id: uuid.UUID, seed: int) -> None:
-        self.sid = supervisor_id
-        self.rng = random.Random(seed)
-        self.open_questions: list[uuid.UUID] = []
-        self.awaited_tasks: list[str] = []
-        self.n = 0
-        self.kinds = self.rng.choices(KINDS, WEIGHTS, k=256)
-
-    def next_kind(self) -> str:
-        kind = self.kinds[self.n % 256]
-        self.n += 1
-        if kind == "answer" and not self.open_questions:
-            return "activity"
-        if kind == "task" and len(self.awaited_tasks) >= AWAITED_TASKS:
-            return "collect"
-        if kind == "ask" and len(self.open_questions) >= 2:
-            return "answer"
-        return kind
-
-    def event(self) -> Event:  # noqa: PLR0911 - one return per event kind
-        kind = self.next_kind()
-        sid = self.sid
-        if kind == "task":
-            task_id = events.new_id()
-            self.awaited_tasks.append(task_id)
-            return events.task_spawned(sid, task_id, spec={"command": "true"})
-        if kind == "collect":
-            # As the daemon does when a wait for tasks returns: they are no longer
-            # awaited (otherwise pending_task_ids would only ever grow).
-            collected, self.awaited_tasks = self.awaited_tasks, []
-            return events.tasks_collected(sid, collected)
-        if kind == "ask":
-            question = PendingQuestion(
-                id=uuid.uuid4(),
-                question="Proceed?",
-                choices=("yes", "no"),
-                question_type=QuestionType.PHASE_CONFIRMATION,
-                asked_at=_NOW,
-            )
-            self.open_questions.append(question.id)
-            return events.question_asked(sid, question)
-        if kind == "answer":
-            return events.question_answered(sid, self.open_questions.pop(0), "yes")
-        if kind == "phase":
-            return events.phase_changed(sid, PHASES[self.n % 3])
-        if kind == "activity":
-            return events.activity_reported(sid, f"step {self.n}")
-        if kind == "state":
-            return events.state_changed(sid, STATES[self.n % 3])
-        return events.message_appended(sid, {"role": "assistant", "content": f"note {self.n}"})
-
-
-_NOW = datetime.now(UTC)
 
 
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def bench_queue(
@@ -281,144 +202,6 @@ async def bench_queue_fixed_rate(
         "offered_per_s": rate,
         "events": len(latencies),
     }
-
-
-# The original system's table, as it was after its enhancement: what grows is arrays.
-ORIGINAL_TABLE = """
-CREATE TABLE original_supervisor_states (
-    id UUID PRIMARY KEY, contract_id UUID NOT NULL, task_id UUID NOT NULL,
-    conversation_history JSONB NOT NULL DEFAULT '[]', pending_task_ids UUID[] NOT NULL DEFAULT '{}',
-    phase TEXT NOT NULL, last_activity TIMESTAMPTZ NOT NULL DEFAULT now(),
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    state TEXT NOT NULL DEFAULT 'initializing', current_activity TEXT,
-    progress INTEGER NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100), error_message TEXT,
-    spawned_task_ids UUID[] NOT NULL DEFAULT '{}', pending_questions JSONB NOT NULL DEFAULT '[]',
-    restoration_count INTEGER NOT NULL DEFAULT 0, last_restored_at TIMESTAMPTZ,
-    restoration_source TEXT
-)
-"""
-ORIGINAL_ROWS = """
-INSERT INTO original_supervisor_states (id, contract_id, task_id, conversation_history, phase,
-                                        state)
-SELECT i, gen_random_uuid(), gen_random_uuid(), $2::text::jsonb, 'plan', 'working'
-FROM unnest($1::uuid[]) AS i
-"""
-
-# The original way: one statement per save point, awaited, through a pool of 10.
-NAIVE_SQL = {
-    "task": "UPDATE original_supervisor_states"
-    " SET spawned_task_ids = array_append(spawned_task_ids, $2),"
-    " pending_task_ids = array_append(pending_task_ids, $2), last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-    "ask": "UPDATE original_supervisor_states SET pending_questions = pending_questions"
-    " || jsonb_build_array($2::text::jsonb), state = 'waiting_for_user',"
-    " last_activity = now(), updated_at = now() WHERE id = $1",
-    "answer": "UPDATE original_supervisor_states"
-    " SET pending_questions = (SELECT COALESCE(jsonb_agg(q),"
-    " '[]'::jsonb) FROM jsonb_array_elements(pending_questions) q"
-    " WHERE q->>'id' <> $2), last_activity = now(), updated_at = now() WHERE id = $1",
-    "phase": "UPDATE original_supervisor_states SET phase = $2, last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-    "activity": "UPDATE original_supervisor_states"
-    " SET current_activity = $2, last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-    "state": "UPDATE original_supervisor_states SET state = $2, last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-    "message": "UPDATE original_supervisor_states SET conversation_history = conversation_history"
-    " || jsonb_build_array($2::text::jsonb), last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-    "collect": "UPDATE original_supervisor_states SET pending_task_ids = ARRAY(SELECT t FROM"
-    " unnest(pending_task_ids) AS t WHERE NOT t = ANY ($2::uuid[])), last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-    "heartbeat": "UPDATE original_supervisor_states SET progress = $2, last_activity = now(),"
-    " updated_at = now() WHERE id = $1",
-}
-
-
-def naive_args(event: Event) -> tuple[str, tuple[Any, ...]]:  # noqa: PLR0911
-    data, sid, kind = event.data, event.supervisor_id, event.kind.value
-    if kind == "task_spawned":
-        return "task", (sid, uuid.UUID(data["taskId"]))
-    if kind == "tasks_collected":
-        return "collect", (sid, [uuid.UUID(t) for t in data["taskIds"]])
-    if kind == "question_asked":
-        return "ask", (sid, json.dumps(data))
-    if kind == "question_answered":
-        return "answer", (sid, data["questionId"])
-    if kind == "phase_changed":
-        return "phase", (sid, data["phase"])
-    if kind == "activity_reported":
-        return "activity", (sid, data["activity"])
-    if kind == "state_changed":
-        return "state", (sid, data["state"])
-    return "message", (sid, json.dumps(data["message"]))
-
-
-async def bench_naive(
-    pool: asyncpg.Pool[Any], ids: list[uuid.UUID], seconds: float
-) -> dict[str, Any]:
-    acked = 0
-    deadline = 0.0
-    perf = time.perf_counter
-
-    async def supervisor(workload: Workload) -> None:
-        nonlocal acked
-        i = 0
-        while perf() < deadline:
-            name, args = naive_args(workload.event())
-            await pool.execute(NAIVE_SQL[name], *args)
-            acked += 1
-            i += 1
-            if i & 1:  # progress: awaited too, the original had no queue
-                await pool.execute(NAIVE_SQL["heartbeat"], workload.sid, i % 101)
-
-    workloads = [Workload(sid, 20_000 + n) for n, sid in enumerate(ids)]
-    deadline = perf() + 0.5
-    async with anyio.create_task_group() as warm:
-        for w in workloads:
-            warm.start_soon(supervisor, w)
-    acked = 0
-    started = perf()
-    deadline = started + seconds
-    async with anyio.create_task_group() as run:
-        for w in workloads:
-            run.start_soon(supervisor, w)
-    return {"events_per_s": acked / (perf() - started), "events": acked}
-
-
-async def bench_copy(
-    dsn: str, ids: list[uuid.UUID], rows_total: int, batch_rows: int
-) -> dict[str, Any]:
-    """The same journal rows, appended with COPY in batches of `batch_rows`."""
-    table = f"bench_copy_{batch_rows}"
-    # A plain connection: binary COPY needs asyncpg's own jsonb codec (text in).
-    conn = await asyncpg.connect(dsn)
-    # One row per event, keyed like a journal: the cheapest way to append the events.
-    await conn.execute(
-        f"CREATE TABLE {table} (supervisor_id uuid NOT NULL, seq bigint NOT NULL,"
-        " event_id uuid NOT NULL, kind text NOT NULL, payload jsonb NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (supervisor_id, seq))"
-    )
-    workloads = [Workload(sid, 30_000 + n) for n, sid in enumerate(ids)]
-    seqs = dict.fromkeys(ids, 0)
-    records = []
-    for n in range(rows_total):
-        w = workloads[n % len(workloads)]
-        event = w.event()
-        seqs[w.sid] += 1
-        records.append((w.sid, seqs[w.sid], event.id, event.kind.value, json.dumps(event.data)))
-    try:
-        started = time.perf_counter()
-        for i in range(0, len(records), batch_rows):
-            await conn.copy_records_to_table(
-                table,
-                records=records[i : i + batch_rows],
-                columns=["supervisor_id", "seq", "event_id", "kind", "payload"],
-            )
-        elapsed = time.perf_counter() - started
-    finally:
-        await conn.close()
-    return {"rows_per_s": rows_total / elapsed, "rows": rows_total}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from bench._setup import machine, run
-from bench.persistence import Workload
+from bench.workload import Workload
 from daemon.ops.gc_tuning import throughput_mode
 from daemon.persistence import events
 from daemon.persistence.fold import fold

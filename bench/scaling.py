@@ -36,7 +36,7 @@ import anyio
 import asyncpg
 
 from bench._setup import fresh_database, history, machine, open_pool, run
-from bench.persistence import Workload
+from bench.workload import Workload
 from daemon.db.pool import SERVER_SETTINGS, init_connection
 from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
