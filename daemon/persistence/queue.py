@@ -51,6 +51,9 @@ log = get_logger()
 # goes with the next one instead of writing beside it (see `_run_lane`). At 5,000
 # events/s a lane holds a few; in a closed loop at full speed, thousands.
 SHARE_BELOW = 256
+# The longest a lane waits for another lane's batch before writing its own: a batch at
+# light load takes a millisecond or two.
+SHARE_WAIT_S = 0.02
 
 
 __all__ = ["DrainReport", "EventRejectedError", "PersistenceQueue", "QueueClosedError",
@@ -73,6 +76,7 @@ class PersistenceQueue:
         max_events: int = 100_000,
         batch_size: int = 5_000,
         flush_delay_s: float = 0.0,
+        share_wait_s: float = SHARE_WAIT_S,
         drain_timeout_s: float = 10.0,
         lanes: int = 2,
         retry_initial_s: float = 0.05,
@@ -88,6 +92,9 @@ class PersistenceQueue:
         self._flush_delay_s = flush_delay_s
         self._drain_timeout_s = drain_timeout_s
         self._lanes = [Lane() for _ in range(lanes)]
+        # A small batch size leaves room to take little along.
+        self._share_below = min(SHARE_BELOW, batch_size // 2)
+        self._share_wait_s = share_wait_s
         self._flushing = 0  # batches being written, all lanes together
         # Pulsed (set, then cleared) each time a batch is written: lanes that wait for
         # one to end (see `_run_lane`) look again.
@@ -249,16 +256,26 @@ class PersistenceQueue:
                 lane.parked = False
             if self._flush_delay_s and not self._closed:
                 await anyio.sleep(self._flush_delay_s)
+            waited = False
             while lane.events or lane.coalesced:
+                if lane.busy:  # its events ride in another lane's batch: order first
+                    await self._written.wait()
+                    continue
                 # A few events wait for the batch being written (of any lane) instead of
                 # starting one beside it: the next batch takes them along (`_flush_once`).
                 # Each statement costs the server and this process about as much at one
                 # event as at fifty, and on a small machine two of them at once fight
                 # for the same cores: at light load one batch at a time acknowledges as
                 # soon and its tail is shorter. Lanes write side by side once they fill.
-                if lane.busy or (self._flushing and len(lane.events) < SHARE_BELOW):
-                    await self._written.wait()
+                # Once only, and not for long: a lane the next batch cannot take along
+                # (no room) or a batch that hangs (a connection the network lost) must
+                # not hold this lane's events back.
+                if not waited and self._flushing and len(lane.events) < self._share_below:
+                    waited = True
+                    with anyio.move_on_after(self._share_wait_s):
+                        await self._written.wait()
                     continue
+                waited = False
                 await self._flush_once(lane)
 
     async def _flush_once(self, lane: Lane) -> None:
@@ -278,7 +295,7 @@ class PersistenceQueue:
                 if (
                     other is lane
                     or other.busy
-                    or taken >= SHARE_BELOW  # its own flusher writes those (`_run_lane`)
+                    or taken >= self._share_below  # its own flusher writes those (`_run_lane`)
                     or count + taken > self._batch_size
                     or not (taken or other.coalesced)
                 ):

@@ -81,7 +81,8 @@ async def test_a_lane_taken_along_keeps_its_reports_after_its_events(
         sid = (await store.save_supervisor_state_full(new_state())).id
         by_lane[sid.int % 2].append(sid)
     x, z, y = by_lane[0][0], by_lane[0][1], by_lane[1][0]
-    queue = PersistenceQueue(EventStore(pool), lanes=2)
+    # Lane 1 waits for lane 0's batch as long as the test holds it.
+    queue = PersistenceQueue(EventStore(pool), lanes=2, share_wait_s=30)
     locker = await pool.acquire()
     held = locker.transaction()
     await held.start()
@@ -119,3 +120,39 @@ async def test_a_lane_taken_along_keeps_its_reports_after_its_events(
     assert queue.counters.batch_events_max == 2
     assert await _activity(pool, y) == ("newest", 50)
     assert (await _activity(pool, z))[0] == "z"
+
+
+async def test_a_lane_waits_for_a_batch_that_hangs_only_briefly(
+    pool: asyncpg.Pool[Any], store: Store
+) -> None:
+    # x in lane 0, y in lane 1. x's row is locked elsewhere, so lane 0's batch hangs as a
+    # batch on a connection the network lost would; y's event must not wait for it.
+    by_lane: dict[int, list[uuid.UUID]] = {0: [], 1: []}
+    while not by_lane[0] or not by_lane[1]:
+        sid = (await store.save_supervisor_state_full(new_state())).id
+        by_lane[sid.int % 2].append(sid)
+    x, y = by_lane[0][0], by_lane[1][0]
+    queue = PersistenceQueue(EventStore(pool), lanes=2)
+    locker = await pool.acquire()
+    held = locker.transaction()
+    await held.start()
+    released = False
+    try:
+        await locker.execute("SELECT 1 FROM supervisors WHERE id = $1 FOR UPDATE", x)
+        async with running(queue):
+            hung = asyncio.ensure_future(queue.submit(events.activity_reported(x, "x")))
+            with anyio.fail_after(5):
+                while queue.longest_call_s() == 0:
+                    await asyncio.sleep(0.001)
+            with anyio.fail_after(10):
+                await queue.submit(events.activity_reported(y, "y"))
+            assert not hung.done()
+            assert (await _activity(pool, y))[0] == "y"
+            await held.rollback()
+            released = True
+            await hung
+    finally:
+        if not released:
+            await held.rollback()
+        await pool.release(locker)
+    assert (await _activity(pool, x))[0] == "x"
