@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 
 from daemon.agents.command import CommandAgent
 from daemon.agents.supervisor import Supervisor
+from daemon.restoration.plan import CrashLoopGuard
 
 Agent = Callable[[Supervisor], Awaitable[None]]
 ALIASES = {"demo": "daemon.agents.demo:run"}
 
 
-def resolve(spec: str) -> Agent:
+def resolve(spec: str, *, guard: CrashLoopGuard | None = None) -> Agent:
     """The callable `spec` names; ValueError with a readable reason otherwise.
 
     `cmd:COMMAND ARGS...` is a command agent (docs/agent-protocol.md): one process per
@@ -28,7 +29,7 @@ def resolve(spec: str) -> Agent:
         argv = shlex.split(spec[4:])
         if not argv:
             raise ValueError("agent 'cmd:' names no command")
-        return CommandAgent(argv)
+        return CommandAgent(argv, guard)
     path = ALIASES.get(spec, spec)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:

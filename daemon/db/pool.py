@@ -32,6 +32,7 @@ from daemon.logs import redact
 # What the store and the runner accept: a plain connection or one borrowed from a pool.
 # (A string: asyncpg's classes are generic only in its stubs.)
 AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+PoolConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[Any]"
 
 
 def _encode_json(value: Any) -> str:
@@ -114,7 +115,13 @@ async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connect
         conn: asyncpg.Connection[Any] = await asyncpg.connect(
             dsn, timeout=connect_timeout, server_settings=SERVER_SETTINGS
         )
-    await init_connection(conn)
+        # Setting the codecs asks the server: a server gone since the connect is the
+        # same error as one that refused it, and the half-open connection is cut.
+        try:
+            await init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
     return conn
 
 
@@ -137,6 +144,17 @@ async def close(closable: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> None:
     ):
         await closable.close()
     closable.terminate()  # nothing when closed already
+
+
+async def release(pool: asyncpg.Pool[Any], conn: PoolConnection) -> None:
+    """Give a connection back to its pool, even when the caller is being cancelled.
+    The pool resets it first, a round trip: a server that does not answer within
+    CLOSE_S has the connection cut instead (asyncpg terminates it on the timeout)."""
+    with (
+        anyio.CancelScope(shield=True),
+        contextlib.suppress(TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, OSError),
+    ):
+        await pool.release(conn, timeout=CLOSE_S)
 
 
 @contextlib.contextmanager

@@ -96,6 +96,6 @@ class Components:
         host = Host(self.stores.supervisors, self.stores.work, self.daemon_id,
                     queue=self.queue, hub=self.hub, runner=runner, delivery=delivery, tg=tg,
                     heartbeat_s=self.settings.heartbeat_interval_s,
-                    history_tail=self.settings.history_tail)  # fmt: skip
+                    history_tail=self.settings.history_tail, guard=self.guard)  # fmt: skip
         self.hosts.append(host)
         return host

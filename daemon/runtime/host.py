@@ -33,6 +33,7 @@ from daemon.persistence.queue import (
     QueueClosedError,
     SupervisorLostError,
 )
+from daemon.restoration.plan import CrashLoopGuard
 from daemon.store import Store, WorkStore
 from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub
@@ -55,8 +56,10 @@ class Host:
         tg: anyio.abc.TaskGroup,
         heartbeat_s: float = 5.0,
         history_tail: int = 50,
+        guard: CrashLoopGuard | None = None,
     ) -> None:
         self._reads = store  # what agents read back: older history, spawned tasks
+        self._guard = guard or CrashLoopGuard()  # how often a command agent is restarted
         self._work = work
         self._daemon_id = daemon_id
         self._queue = queue
@@ -152,7 +155,7 @@ class Host:
         spec = str(sup.state.agent)
         try:
             with scope:
-                agent = agents.resolve(spec)
+                agent = agents.resolve(spec, guard=self._guard)
                 slog.info("agent.started", agent=spec)
                 await self._drive(agent, sup, slog)
                 slog.info("agent.finished", state=sup.state.state.value)

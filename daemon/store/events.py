@@ -9,10 +9,10 @@ import dataclasses
 import uuid
 from typing import Any
 
-import anyio
 import asyncpg
 import orjson
 
+from daemon.db.pool import PoolConnection, release
 from daemon.db.queries import queries
 from daemon.errors import map_db_errors
 
@@ -76,7 +76,7 @@ class EventStore:
 
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
-        self._idle: list[Any] = []  # held connections between batches
+        self._idle: list[PoolConnection] = []  # held connections between batches
 
     async def apply_batch(self, batch: Batch) -> list[uuid.UUID]:
         """Write a folded batch in one statement; return supervisors left untouched."""
@@ -99,7 +99,7 @@ class EventStore:
             self._idle.append(conn)
         return list(missing or ())
 
-    async def _keep(self, conn: Any) -> None:
+    async def _keep(self, conn: PoolConnection) -> None:
         try:
             closed = conn.is_closed()
         except asyncpg.InterfaceError:
@@ -109,10 +109,10 @@ class EventStore:
         else:
             self._idle.append(conn)
 
-    async def _release(self, conn: Any) -> None:
-        # Shielded: a connection taken from the pool goes back even when cancelled.
-        with anyio.CancelScope(shield=True):
-            await self._pool.release(conn)
+    async def _release(self, conn: PoolConnection) -> None:
+        # Shielded and bounded: the connection goes back even when cancelled, and a
+        # server that does not answer the reset has it cut.
+        await release(self._pool, conn)
 
     async def close(self) -> None:
         """Give the connections held for batch writes back to the pool."""

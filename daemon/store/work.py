@@ -15,7 +15,7 @@ import anyio
 import asyncpg
 import orjson
 
-from daemon.db.pool import close, connect
+from daemon.db.pool import CLOSE_S, close, connect, release
 from daemon.db.queries import queries
 from daemon.errors import map_db_errors
 from daemon.models import (
@@ -192,10 +192,11 @@ class WorkStore:
             # A lost connection is already out of the pool's hands: nothing to undo.
             with (
                 anyio.CancelScope(shield=True),
+                anyio.move_on_after(CLOSE_S),
                 contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError),
             ):
                 await conn.remove_listener(QUESTIONS_CHANNEL, notified)
-                await pool.release(conn)
+            await release(pool, conn)
 
     @contextlib.asynccontextmanager
     async def listen(
