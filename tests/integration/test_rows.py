@@ -115,6 +115,7 @@ async def test_a_fallback_rewinds_to_the_checkpoint_position(
         for n in range(60, 70):
             await queue.submit(events.message_appended(sid, new_message(n)))
         await queue.submit(events.task_spawned(sid, after))
+    # Another tool writing a bad value (fault injection), not a write the daemon makes.
     await pool.execute("UPDATE supervisors SET state = 'waiting_for_user' WHERE id = $1", sid)
 
     outcome = await restore_manually(RestorationStore(pool), sid, history_tail=5)
