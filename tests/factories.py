@@ -1,4 +1,5 @@
-"""Small builders for records used across tests."""
+"""Small builders for records and values used across tests, and the rows no event makes
+(a faked owner, a corrupt state) written as another tool would."""
 
 from __future__ import annotations
 
@@ -61,6 +62,26 @@ async def own(pool: Any, daemon_id: str, *supervisor_ids: uuid.UUID, epoch: int 
         list(supervisor_ids),
     )
 
+
+async def corrupt(pool: Any, supervisor_id: uuid.UUID) -> None:
+    """A state restoration must refuse: waiting_for_user without a question, and an
+    awaited task never spawned. Another tool writing bad values (fault injection), not
+    a write the daemon makes."""
+    await pool.execute(
+        "UPDATE supervisor_states SET state = 'waiting_for_user', phase = 'review',"
+        " conversation_history = '[\"later\"]', pending_task_ids = ARRAY[$2::uuid]"
+        " WHERE id = $1",
+        supervisor_id,
+        uuid.uuid4(),
+    )
+
+
+def new_message(n: int) -> dict[str, Any]:
+    """The `n`th message of a conversation (user and assistant by turns)."""
+    return {"role": "assistant" if n % 2 else "user", "content": f"message {n}"}
+
+
+WEB_TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - a test token
 
 # Any JSON value, for fuzzing what agents may send.
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)

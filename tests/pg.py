@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import asyncpg
+
+LOCK_WAITERS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
 
 
 def with_database(dsn: str, database: str) -> str:
@@ -91,3 +97,22 @@ class OwnServer:
     def start(self) -> None:
         with self.handle._lock:
             self.handle.ensure_postgres_running()
+
+
+async def until_lock_waiters(watcher: asyncpg.Connection[Any], count: int) -> None:
+    """Until `count` statements of this database wait on a lock (30 s at the most)."""
+    with anyio.fail_after(30):
+        while await watcher.fetchval(LOCK_WAITERS) < count:
+            await anyio.sleep(0.01)
+
+
+async def refuses_without_password(dsn: str) -> bool:
+    """Whether the server behind `dsn` refuses its user when no password is given."""
+    parts = urlsplit(dsn)
+    bare = urlunsplit(parts._replace(netloc=f"{parts.username}:@{parts.hostname or ''}"))
+    try:
+        conn = await asyncpg.connect(bare, password="")
+    except asyncpg.InvalidPasswordError:
+        return True
+    await conn.close()
+    return False

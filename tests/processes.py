@@ -1,4 +1,5 @@
-"""The daemon and its CLI as real child processes, for the tests that start them."""
+"""The daemon and its CLI as real child processes, for the tests that start them: their
+environment, their log lines as they come, and waiting for what they do."""
 
 from __future__ import annotations
 
@@ -12,12 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import asyncpg
+
 
 def cli_env(settings: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without the daemon's settings, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_DAEMON_")}
     env.update(settings or {})
     return env
+
+
+def credentials_env(tmp_path: Path, url: str) -> dict[str, str]:
+    """An environment with a systemd credentials directory holding `url`."""
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    (directory / "database-url").write_text(url + "\n")  # files often end with a newline
+    return {"CREDENTIALS_DIRECTORY": str(directory)}
 
 
 def run_cli(
@@ -79,3 +91,34 @@ def read_until(proc: subprocess.Popen[str], event: str, deadline_s: float = 30) 
         if record["event"] == event:
             return lines
     raise AssertionError(f"no {event!r} line; got {lines}")
+
+
+def wait_for_lines(
+    proc: subprocess.Popen[str],
+    event: str,
+    count: int,
+    seen: list[dict[str, Any]],
+    deadline_s: float = 60,
+) -> None:
+    """Read the daemon's JSON lines into `seen` until `count` of them are `event`."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + deadline_s
+    while sum(1 for line in seen if line["event"] == event) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} {event!r} lines: {seen}")
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(f"the daemon exited early: {seen}")
+        if line.startswith("{"):
+            seen.append(json.loads(line))
+
+
+async def wait_for_states(pool: asyncpg.Pool[Any], state: str, deadline_s: float = 30) -> None:
+    """Until every supervisor is in `state`."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        states = await pool.fetch("SELECT state FROM supervisor_states")
+        if states and all(row["state"] == state for row in states):
+            return
+        await anyio.sleep(0.1)
+    raise AssertionError(f"not every supervisor reached {state}")

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,7 +22,8 @@ from daemon.db.database import open_database
 from daemon.errors import DaemonError, DatabaseUnavailableError
 from daemon.models import TaskStatus
 from daemon.services import Services
-from daemon.store import Stores, WorkStore
+from daemon.services.question_channel import delivered
+from daemon.store import Stores
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
 
@@ -33,21 +33,17 @@ def _print_json(value: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _opened(settings: Settings) -> AsyncIterator[tuple[Stores, Services]]:
-    """The stores over the configured database and people's commands over them, made
-    once for one CLI command (as `web` makes them once for its process)."""
+async def _services(settings: Settings) -> AsyncIterator[Services]:
+    """People's commands over the configured database, made once for one CLI command
+    (as `web` makes them once for its process)."""
     from daemon.runtime.components import crash_loop_guard  # noqa: PLC0415 - CLI start
 
     async with open_database(settings) as db:
-        stores = Stores.of(db)
-        yield stores, Services(stores, guard=crash_loop_guard(settings))
-
-
-@contextlib.asynccontextmanager
-async def _services(settings: Settings) -> AsyncIterator[Services]:
-    """People's commands over the configured database, for one CLI command."""
-    async with _opened(settings) as (_, services):
-        yield services
+        yield Services(
+            Stores.of(db),
+            guard=crash_loop_guard(settings),
+            retention_days=settings.retention_days,
+        )
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -85,8 +81,6 @@ async def cmd_answer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.work.delivery import payload  # noqa: PLC0415 - keep CLI start fast
-
     async with _services(settings) as services:
         pending = await services.pending_questions()
     if args.json:
@@ -95,43 +89,14 @@ async def cmd_questions_list(settings: Settings, args: argparse.Namespace) -> in
     if not pending:
         print("no pending questions")
     for item in pending:
-        print(cli_text.question_line(payload(item.supervisor_id, item.question, redelivery=False)))
+        print(cli_text.question_line(delivered(item)))
     return 0
-
-
-async def _whole(work: WorkStore, body: dict[str, Any]) -> dict[str, Any]:
-    """A delivered question in full: a NOTIFY carries a bounded preview (`truncated`
-    says whether it is all of it); the whole one is read by its id while pending."""
-    from daemon.models import PendingQuestion  # noqa: PLC0415
-    from daemon.work.delivery import payload  # noqa: PLC0415
-
-    if not body.get("truncated"):
-        return body
-    try:
-        found = await work.find_pending_question(uuid.UUID(str(body.get("questionId"))))
-        if found is None:
-            return body
-        question = PendingQuestion.from_json(found["question"])
-    except ValueError:  # not an id, or a question no longer readable: show the preview
-        return body
-    return payload(found["supervisor_id"], question, redelivery=bool(body.get("redelivery")))
 
 
 async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> int:
     """The pending questions, then each new one as a daemon delivers it, until Ctrl-C."""
-    from daemon.work.delivery import payload  # noqa: PLC0415
-
-    seen: set[str] = set()
-
-    def show(body: dict[str, Any]) -> None:
-        question_id = str(body.get("questionId"))
-        if question_id in seen:  # redelivered on a restoration: shown already
-            return
-        seen.add(question_id)
-        print(json.dumps(body) if args.json else cli_text.question_line(body), flush=True)
-
     stopped = False
-    async with _opened(settings) as (stores, services), stores.work.question_feed() as feed:
+    async with _services(settings) as services, services.follow_questions() as questions:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
 
@@ -142,14 +107,9 @@ async def cmd_questions_follow(settings: Settings, args: argparse.Namespace) -> 
                         tg.cancel_scope.cancel()
 
                 tg.start_soon(stop_on_signal)
-                # Listening first, then listing: a question asked in between shows once.
-                # One answered while no daemon ran waits for nobody: not shown.
-                for item in await services.pending_questions():
-                    if item.answer is None:
-                        show(payload(item.supervisor_id, item.question, redelivery=False))
-                async for body in feed:
-                    if str(body.get("questionId")) not in seen:
-                        show(await _whole(stores.work, body))
+                async for body in questions:
+                    print(json.dumps(body) if args.json else cli_text.question_line(body),
+                          flush=True)  # fmt: skip
                 tg.cancel_scope.cancel()  # the feed ended: its connection was lost
     if not stopped:
         raise DatabaseUnavailableError("lost the connection to the database")
@@ -256,21 +216,8 @@ async def _history_messages(settings: Settings, args: argparse.Namespace) -> int
 
 
 async def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import timedelta  # noqa: PLC0415
-
-    from daemon.runtime.retention import parse_age, prune  # noqa: PLC0415
-
-    if args.older_than is not None:
-        try:
-            older_than = parse_age(args.older_than)
-        except ValueError as exc:
-            raise DaemonError(f"--older-than: {exc}") from None
-    elif settings.retention_days is not None:
-        older_than = timedelta(days=settings.retention_days)
-    else:
-        raise DaemonError("say how old: --older-than 30d (or set SUPERVISOR_DAEMON_RETENTION_DAYS)")
-    async with _opened(settings) as (stores, _):
-        report = await prune(stores.retention, older_than, dry_run=args.dry_run)
+    async with _services(settings) as services:
+        older_than, report = await services.prune(args.older_than, dry_run=args.dry_run)
     if args.json:
         _print_json(dataclasses.asdict(report))
     else:

@@ -1,7 +1,8 @@
 """People's commands and their rules, for every interface (the CLI, the web page, its API).
 
 Answer a question, finish a task, create, restore, list and show supervisors, read a
-journal or a conversation. Each takes ids as people type them (a whole UUID or a
+journal or a conversation, follow the questions as daemons deliver them, prune the
+rows of supervisors finished long ago. Each takes ids as people type them (a whole UUID or a
 unique prefix), checks the rules, writes through the stores in daemon/store/, reads
 through daemon/store/people.py, and raises the daemon's own errors: NotFoundError,
 ConflictError, BadChoiceError, AmbiguousIdError. It never prints and never renders:
@@ -10,13 +11,22 @@ an interface turns results and errors into text, HTML or JSON.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio.abc
+
 from daemon import limits
-from daemon.errors import AmbiguousIdError, BadChoiceError, ConflictError, NotFoundError
+from daemon.errors import (
+    AmbiguousIdError,
+    BadChoiceError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
 from daemon.logs import get_logger
 from daemon.models import (
     PHASES,
@@ -28,6 +38,8 @@ from daemon.models import (
     TaskStatus,
 )
 from daemon.restoration.run import restore_manually
+from daemon.runtime.retention import PruneReport, parse_age, prune
+from daemon.services import question_channel
 from daemon.services.ids import TypedId, parse_id
 from daemon.services.views import (
     AnswerReceipt,
@@ -75,10 +87,19 @@ def pick_choice(question_id: uuid.UUID, choices: tuple[str, ...], text: str) -> 
 
 class Services:
     """People's commands over the stores of one database (daemon.store.Stores, made
-    once per process). `guard`: the crash-loop guard a manual restoration reports by."""
+    once per process). `guard`: the crash-loop guard a manual restoration reports by;
+    `retention_days`: the configured retention, what `prune` deletes by default."""
 
-    def __init__(self, stores: Stores, *, guard: CrashLoopGuard | None = None) -> None:
+    def __init__(
+        self,
+        stores: Stores,
+        *,
+        guard: CrashLoopGuard | None = None,
+        retention_days: float | None = None,
+    ) -> None:
         self._guard = guard
+        self._retention_days = retention_days
+        self._retention = stores.retention
         self._store = stores.supervisors
         self._work = stores.work
         self._events = stores.events
@@ -175,6 +196,26 @@ class Services:
         if outcome is None:
             raise NotFoundError(f"supervisor {supervisor_id} does not exist")
         return outcome
+
+    async def prune(
+        self, older_than: str | None = None, *, dry_run: bool = False
+    ) -> tuple[timedelta, PruneReport]:
+        """Delete the rows of supervisors completed or failed longer ago than
+        `older_than` (30d, 12h, 90m, 45s; the configured retention when None), or only
+        count them in a dry run. The age it used and what went. InvalidInputError when
+        the age is not a duration, or when there is neither an age nor a retention."""
+        if older_than is not None:
+            try:
+                age = parse_age(older_than)
+            except ValueError as exc:
+                raise InvalidInputError(f"--older-than: {exc}") from None
+        elif self._retention_days is not None:
+            age = timedelta(days=self._retention_days)
+        else:
+            raise InvalidInputError(
+                "say how old: --older-than 30d (or set SUPERVISOR_DAEMON_RETENTION_DAYS)"
+            )
+        return age, await prune(self._retention, age, dry_run=dry_run)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -297,6 +338,22 @@ class Services:
             raise NotFoundError(f"supervisor {supervisor_id} does not exist")
         page = await self._store.read_history_after(supervisor_id, after=after, limit=limit)
         return summary.history_length, page
+
+    # -- the questions channel (daemon/services/question_channel.py) -------------------
+
+    def question_feed(
+        self,
+    ) -> contextlib.AbstractAsyncContextManager[anyio.abc.ObjectReceiveStream[dict[str, Any]]]:
+        """Questions as daemons deliver them (each a bounded preview), for as long as
+        the context lasts; the stream ends when its connection is lost."""
+        return self._work.question_feed()
+
+    @contextlib.asynccontextmanager
+    async def follow_questions(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """The pending questions, then each new one as a daemon delivers it, whole, once
+        each, as delivered bodies; ends when the connection to the database is lost."""
+        async with self._work.question_feed() as feed:
+            yield question_channel.follow(self._work, feed, self.pending_questions)
 
     async def daemons(self) -> list[dict[str, Any]]:
         """Every registered daemon: lease, capacity, how many supervisors it owns."""

@@ -1,7 +1,7 @@
 """Live news for open inbox pages: a question asked, answered, or no longer pending.
 
 One LISTEN connection per web process (the daemons' `NOTIFY supervisor_questions`,
-through WorkStore.question_feed) feeds every open page, however many there are.
+through Services.question_feed) feeds every open page, however many there are.
 While that connection is down, and every `slow_poll_s` even when it is up, the
 pending questions are read instead and compared with what was known: new ones are
 announced, gone ones reported resolved. Pages deduplicate by question id, so a
@@ -22,7 +22,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from daemon.errors import DatabaseError
 from daemon.logs import get_logger
 from daemon.services import Services
-from daemon.store import WorkStore
 
 log = get_logger()
 
@@ -36,14 +35,12 @@ class News:
 class Live:
     def __init__(
         self,
-        store: WorkStore,
         services: Services,
         *,
         fast_poll_s: float = 2.0,
         slow_poll_s: float = 15.0,
         buffer: int = 1000,
     ) -> None:
-        self._store = store
         self._services = services
         self._fast_poll_s = fast_poll_s
         self._slow_poll_s = slow_poll_s
@@ -91,7 +88,7 @@ class Live:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self._store.question_feed() as feed:
+                async with self._services.question_feed() as feed:
                     self.listening = True
                     log.info("web.listening")
                     await self.poll_once()  # what was asked while nobody listened

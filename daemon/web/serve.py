@@ -79,8 +79,10 @@ async def serve(settings: Settings) -> None:
         # The stores and people's commands, made once for the process (as each CLI
         # command makes them for itself).
         stores = Stores.of(db)
-        services = Services(stores, guard=crash_loop_guard(settings))
-        live = Live(stores.work, services)
+        services = Services(
+            stores, guard=crash_loop_guard(settings), retention_days=settings.retention_days
+        )
+        live = Live(services)
         app = create_app(services, live=live, token=settings.web_token, loopback=loopback)
         config = uvicorn.Config(
             app,

@@ -25,10 +25,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.acceptance.test_demo_acceptance import _wait_for_states
 from tests.daemonlog import LogLines
 from tests.pg import OwnServer
-from tests.processes import cli_env, daemon_process, run_cli
+from tests.processes import cli_env, daemon_process, run_cli, wait_for_states
 
 pytestmark = pytest.mark.acceptance
 OUTAGE_S = 3.0
@@ -72,7 +71,7 @@ async def test_the_demo_completes_through_database_crashes(
             assert answered.returncode == 0, answered.stderr
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
-            await _wait_for_states(pool, "completed", deadline_s=120)
+            await wait_for_states(pool, "completed", deadline_s=120)
             tasks = await pool.fetch("SELECT id, status FROM supervisor_tasks")
         finally:
             await pool.close()

@@ -7,49 +7,16 @@ reach `completed`, and no task ran twice.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 
-from tests.processes import daemon_process, run_cli
+from tests.processes import daemon_process, run_cli, wait_for_lines, wait_for_states
 
 pytestmark = pytest.mark.acceptance
-
-
-def _wait_for_lines(
-    proc: subprocess.Popen[str],
-    event: str,
-    count: int,
-    seen: list[dict[str, Any]],
-    deadline_s: float = 60,
-) -> None:
-    assert proc.stderr is not None
-    deadline = time.monotonic() + deadline_s
-    while sum(1 for line in seen if line["event"] == event) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fewer than {count} {event!r} lines: {seen}")
-        line = proc.stderr.readline()
-        if not line:
-            raise AssertionError(f"the daemon exited early: {seen}")
-        if line.startswith("{"):
-            seen.append(json.loads(line))
-
-
-async def _wait_for_states(pool: asyncpg.Pool[Any], state: str, deadline_s: float = 30) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        states = await pool.fetch("SELECT state FROM supervisor_states")
-        if states and all(row["state"] == state for row in states):
-            return
-        await anyio.sleep(0.1)
-    raise AssertionError(f"not every supervisor reached {state}")
 
 
 async def test_demo_survives_sigkill_and_completes(
@@ -57,7 +24,7 @@ async def test_demo_survives_sigkill_and_completes(
 ) -> None:
     first: list[dict[str, Any]] = []
     with daemon_process(dsn, tmp_path, demo="1") as proc:
-        _wait_for_lines(proc, "question.delivered", 2, first)
+        wait_for_lines(proc, "question.delivered", 2, first)
         proc.kill()  # SIGKILL: no drain, no clean stop
         proc.wait(timeout=30)
     asked = {line["question_id"] for line in first if line["event"] == "question.delivered"}
@@ -65,7 +32,7 @@ async def test_demo_survives_sigkill_and_completes(
 
     second: list[dict[str, Any]] = []
     with daemon_process(dsn, tmp_path, demo="1") as proc:
-        _wait_for_lines(proc, "daemon.ready", 1, second)
+        wait_for_lines(proc, "daemon.ready", 1, second)
         redelivered = {
             line["question_id"]
             for line in second
@@ -83,7 +50,7 @@ async def test_demo_survives_sigkill_and_completes(
                 "answer", question_id, "yes", env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
             )
             assert answered.returncode == 0, answered.stderr
-        await _wait_for_states(pool, "completed")
+        await wait_for_states(pool, "completed")
         again = run_cli(
             "answer", next(iter(asked)), "yes", env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
         )
@@ -106,18 +73,18 @@ async def test_a_second_daemon_takes_over_when_the_first_dies(
     with daemon_process(
         dsn, tmp_path / "a", demo="1", SUPERVISOR_DAEMON_DAEMON_ID="daemon-a", **lease
     ) as a:
-        _wait_for_lines(a, "question.delivered", 2, first)
+        wait_for_lines(a, "question.delivered", 2, first)
         asked = {line["question_id"] for line in first if line["event"] == "question.delivered"}
         with daemon_process(
             dsn, tmp_path / "b", SUPERVISOR_DAEMON_DAEMON_ID="daemon-b", **lease
         ) as b:
-            _wait_for_lines(b, "daemon.ready", 1, second)
+            wait_for_lines(b, "daemon.ready", 1, second)
             # While daemon-a renews its lease, daemon-b leaves its supervisors alone.
             owners = await pool.fetch("SELECT DISTINCT owner_daemon_id FROM supervisor_states")
             assert [row["owner_daemon_id"] for row in owners] == ["daemon-a"]
             a.kill()  # SIGKILL: its lease runs out 5 s after its last renewal
             a.wait(timeout=30)
-            _wait_for_lines(b, "question.delivered", 2, second)
+            wait_for_lines(b, "question.delivered", 2, second)
             redelivered = {
                 line["question_id"]
                 for line in second
@@ -134,4 +101,4 @@ async def test_a_second_daemon_takes_over_when_the_first_dies(
                     "answer", question_id, "yes", env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
                 )
                 assert answered.returncode == 0, answered.stderr
-            await _wait_for_states(pool, "completed")
+            await wait_for_states(pool, "completed")

@@ -18,9 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.acceptance.test_demo_acceptance import _wait_for_lines
-from tests.integration.test_log_events import documented_events
-from tests.processes import daemon_process, run_cli
+from tests.logs_doc import documented_events
+from tests.processes import daemon_process, run_cli, wait_for_lines
 
 COMMON_KEYS = {"event", "level", "timestamp", "daemon_id"}
 
@@ -48,18 +47,18 @@ async def test_a_demo_run_names_each_supervisor_and_contract_on_its_lines(
 ) -> None:
     lines: list[dict[str, Any]] = []
     with daemon_process(dsn, tmp_path, demo="1") as proc:
-        _wait_for_lines(proc, "question.delivered", 2, lines)
+        wait_for_lines(proc, "question.delivered", 2, lines)
         _read_to_the_end(proc, lines)
     asked = {line["question_id"] for line in lines if line["event"] == "question.delivered"}
     restarted: list[dict[str, Any]] = []
     with daemon_process(dsn, tmp_path, demo="1") as proc:
-        _wait_for_lines(proc, "daemon.ready", 1, restarted)
+        wait_for_lines(proc, "daemon.ready", 1, restarted)
         for question_id in asked:
             answered = run_cli(
                 "answer", question_id, "yes", env={"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
             )
             assert answered.returncode == 0, answered.stderr
-        _wait_for_lines(proc, "agent.finished", 2, restarted)
+        wait_for_lines(proc, "agent.finished", 2, restarted)
         _read_to_the_end(proc, restarted)
     lines += restarted
 

@@ -9,9 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.acceptance.test_demo_acceptance import _wait_for_lines
-from tests.integration.test_metrics import _check_conventions, _families, _sample
-from tests.processes import daemon_process, run_cli
+from tests.exposition import check_conventions, parse_families, sample
+from tests.processes import daemon_process, run_cli, wait_for_lines
 
 ROOT = Path(__file__).parents[2]
 
@@ -29,50 +28,50 @@ def test_a_running_daemon_serves_what_to_alert_on(dsn: str, tmp_path: Path) -> N
         dsn, tmp_path, demo="1", SUPERVISOR_DAEMON_METRICS_ADDRESS=address,
         SUPERVISOR_DAEMON_METRICS_REFRESH_S="0.2",
     ) as proc:  # fmt: skip
-        _wait_for_lines(proc, "question.delivered", 2, [])
+        wait_for_lines(proc, "question.delivered", 2, [])
         # Both demo supervisors wait for an answer once their four tasks succeeded; the
         # database gauges show it within a refresh or two.
         deadline = time.monotonic() + 30
         while True:
             with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
                 text = response.read().decode()
-            families = _families(text)
+            families = parse_families(text)
             if (
                 "supervisor_daemon_questions_pending" in families
-                and _sample(families, "supervisor_daemon_questions_pending") == 2
+                and sample(families, "supervisor_daemon_questions_pending") == 2
             ):
                 break
             assert time.monotonic() < deadline, text
             time.sleep(0.1)
-    _check_conventions(families)
+    check_conventions(families)
     # Every metric the README and the operations guide name (alert rules included) exists.
     served = set(families) | {s.name for f in families.values() for s in f.samples}
     for guide in (Path("README.md"), Path("docs") / "operations.md"):
         named = set(re.findall(r"\bsupervisor_daemon_[a-z_]+", (ROOT / guide).read_text()))
         assert named <= served, (guide, sorted(named - served))
-    assert _sample(families, "supervisor_daemon_supervisors_running") == 2
-    assert _sample(families, "supervisor_daemon_queue_events_written_total") >= 1
-    assert _sample(families, "supervisor_daemon_queue_events_rejected_total") == 0
-    assert _sample(families, "supervisor_daemon_queue_events_queued") >= 0
+    assert sample(families, "supervisor_daemon_supervisors_running") == 2
+    assert sample(families, "supervisor_daemon_queue_events_written_total") >= 1
+    assert sample(families, "supervisor_daemon_queue_events_rejected_total") == 0
+    assert sample(families, "supervisor_daemon_queue_events_queued") >= 0
     # One observation per batch, in both histograms.
-    batches = _sample(families, "supervisor_daemon_queue_batches_total")
+    batches = sample(families, "supervisor_daemon_queue_batches_total")
     assert batches >= 1
     for histogram in ("queue_flush_duration_seconds", "queue_batch_events"):
         assert families[f"supervisor_daemon_{histogram}"].type == "histogram"
-        count = _sample(families, f"supervisor_daemon_{histogram}_count")
-        assert count == _sample(families, f"supervisor_daemon_{histogram}_bucket", le="+Inf")
+        count = sample(families, f"supervisor_daemon_{histogram}_count")
+        assert count == sample(families, f"supervisor_daemon_{histogram}_bucket", le="+Inf")
         assert 1 <= count <= batches  # a scrape may fall between two of a batch's updates
     # Both supervisors were new: started, not restored.
     new = {"action": "proceed", "source": "daemon_restart", "outcome": "new"}
-    assert _sample(families, "supervisor_daemon_restorations_total", **new) == 2
-    assert _sample(families, "supervisor_daemon_tasks_finished_total", outcome="succeeded") == 4
-    assert _sample(families, "supervisor_daemon_tasks_finished_total", outcome="timed_out") == 0
-    assert _sample(families, "supervisor_daemon_lease_renewals_failed_total") == 0
-    assert _sample(families, "supervisor_daemon_agent_restarts_total") == 0
+    assert sample(families, "supervisor_daemon_restorations_total", **new) == 2
+    assert sample(families, "supervisor_daemon_tasks_finished_total", outcome="succeeded") == 4
+    assert sample(families, "supervisor_daemon_tasks_finished_total", outcome="timed_out") == 0
+    assert sample(families, "supervisor_daemon_lease_renewals_failed_total") == 0
+    assert sample(families, "supervisor_daemon_agent_restarts_total") == 0
     # From the database: every state has its series, and the questions their age.
-    assert _sample(families, "supervisor_daemon_supervisors", state="waiting_for_user") == 2
-    assert _sample(families, "supervisor_daemon_supervisors", state="blocked") == 0
-    age = _sample(families, "supervisor_daemon_question_oldest_pending_age_seconds")
+    assert sample(families, "supervisor_daemon_supervisors", state="waiting_for_user") == 2
+    assert sample(families, "supervisor_daemon_supervisors", state="blocked") == 0
+    age = sample(families, "supervisor_daemon_question_oldest_pending_age_seconds")
     assert 0 <= age < 60  # asked moments ago
 
 

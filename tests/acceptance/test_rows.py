@@ -9,13 +9,12 @@ import uuid
 import anyio
 
 from daemon.store import Store
-from tests.factories import new_state
-from tests.integration.test_rows import _message
+from tests.factories import new_message, new_state
 from tests.processes import run_cli
 
 
 async def test_history_messages_pages_the_conversation_for_people(dsn: str, store: Store) -> None:
-    history = (*(_message(n) for n in range(5)), ["not", "a", "chat", "message"])
+    history = (*(new_message(n) for n in range(5)), ["not", "a", "chat", "message"])
     sid = (await store.save_supervisor_state_full(new_state(conversation_history=history))).id
     env = {"SUPERVISOR_DAEMON_DATABASE_URL": dsn}
     first = await anyio.to_thread.run_sync(

@@ -23,7 +23,7 @@ from daemon.db.database import open_database
 from daemon.models import SupervisorStateKind
 from daemon.store import Store
 from tests.factories import new_state
-from tests.integration.test_secrets import _refused_without_password
+from tests.pg import refuses_without_password
 from tests.processes import daemon_process, read_until, run_cli
 
 ENV_AGENT = Path(__file__).parents[1] / "agents" / "env_dump.py"
@@ -112,7 +112,7 @@ async def test_the_embedded_server_requires_its_password(data_dir: Path) -> None
     settings = load_settings({"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)})
     async with open_database(settings) as db:
         assert db.embedded
-        assert await _refused_without_password(db.dsn)
+        assert await refuses_without_password(db.dsn)
         password = (data_dir / "postgres-password").read_text().strip()
         assert urlsplit(db.dsn).password == password
         assert stat.S_IMODE((data_dir / "postgres-password").stat().st_mode) == 0o600

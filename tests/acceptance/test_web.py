@@ -6,7 +6,7 @@ import pytest
 
 from daemon.errors import ConfigError
 from daemon.web.serve import check_address
-from tests.integration.test_web import TOKEN
+from tests.factories import WEB_TOKEN
 from tests.processes import run_cli
 
 
@@ -14,7 +14,7 @@ def test_another_address_needs_a_token() -> None:
     assert check_address("127.0.0.1", 8765, None)
     assert check_address("::1", 8765, None)
     everywhere = "0.0.0.0"  # noqa: S104 - checked, never bound
-    assert not check_address(everywhere, 8765, TOKEN)
+    assert not check_address(everywhere, 8765, WEB_TOKEN)
     with pytest.raises(ConfigError, match="SUPERVISOR_DAEMON_WEB_TOKEN"):
         check_address(everywhere, 8765, None)
     refused = run_cli("web", "--address", f"{everywhere}:8765")

@@ -21,19 +21,9 @@ from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
 from daemon.store import EventStore, Store
 from tests.factories import new_state
+from tests.pg import until_lock_waiters
 from tests.proxy import ResettingProxy
 from tests.queues import running
-
-WAITING = """
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock'
-"""
-
-
-async def _until_waiting(watcher: asyncpg.Connection[Any], count: int) -> None:
-    with anyio.fail_after(30):
-        while await watcher.fetchval(WAITING) < count:
-            await anyio.sleep(0.01)
 
 
 @pytest.mark.parametrize("kind", ["task", "message"])
@@ -70,9 +60,9 @@ async def test_retry_of_a_commit_still_running_on_the_server_applies_it_once(
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(submit)
-                    await _until_waiting(watcher, 1)  # the batch waits for the row
+                    await until_lock_waiters(watcher, 1)  # the batch waits for the row
                     assert proxy.reset_clients() >= 1
-                    await _until_waiting(watcher, 2)  # ... and so does the retry
+                    await until_lock_waiters(watcher, 2)  # ... and so does the retry
                     await hold.commit()  # the first attempt commits, then the retry runs
         finally:
             await qpool.close()

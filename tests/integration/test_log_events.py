@@ -24,12 +24,10 @@ from daemon.models import SupervisorStateKind
 from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.store import EventStore
+from tests.logs_doc import DOC, documented_events
 from tests.queues import running
 
 ROOT = Path(__file__).parents[2]
-
-
-DOC = ROOT / "docs" / "logs.md"
 
 
 STORIES = ("Start and restoration", "Questions", "Tasks", "Agents", "Queue and database",
@@ -137,35 +135,6 @@ def logged_events() -> dict[str, Logged]:
                     logged.levels |= levels
                     logged.fields |= fields
                     logged.where.append(where)
-    return events
-
-
-@dataclasses.dataclass(frozen=True)
-class Documented:
-    story: str
-    levels: frozenset[str]
-    fields: frozenset[str]
-
-
-def documented_events() -> dict[str, Documented]:
-    """The event rows of docs/logs.md: `| `name` | levels | fields | when |`."""
-    row = re.compile(r"^\| `([a-z_.]+)` \| ([a-z, ]+) \| (.*?) \| (.+) \|$")
-    events: dict[str, Documented] = {}
-    story = ""
-    for line in DOC.read_text().splitlines():
-        if line.startswith("## "):
-            story = line[3:].strip()
-        match = row.match(line)
-        if match is None:
-            continue
-        name, levels, fields, when = match.groups()
-        assert name not in events, f"{name} is documented twice"
-        assert when.strip(), f"{name}: say when it is written"
-        events[name] = Documented(
-            story=story,
-            levels=frozenset(level.strip() for level in levels.split(",")),
-            fields=frozenset(re.findall(r"`([a-z_]+)`", fields)),
-        )
     return events
 
 

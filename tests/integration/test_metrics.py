@@ -4,7 +4,6 @@ Prometheus parses it, and where each number comes from."""
 from __future__ import annotations
 
 import io
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,8 +12,6 @@ import asyncpg
 import pytest
 import structlog
 from prometheus_client import generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import logs
 from daemon.config import load_settings
@@ -25,7 +22,8 @@ from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
 from daemon.restoration.run import restore_all
 from daemon.store import DaemonRegistry, EventStore, MetricsStore, RestorationStore, Store
-from tests.factories import new_question, new_state
+from tests.exposition import check_conventions, parse_families, sample
+from tests.factories import corrupt, new_question, new_state
 from tests.queues import running
 
 
@@ -43,32 +41,6 @@ def test_the_address_setting_is_checked() -> None:
     for bad in ("9464", "localhost", "host:port", "127.0.0.1:70000", ":9464"):
         with pytest.raises(ConfigError, match="METRICS_ADDRESS"):
             load_settings({"SUPERVISOR_DAEMON_METRICS_ADDRESS": bad})
-
-
-def _families(text: str) -> dict[str, Metric]:
-    """The exposition, parsed as Prometheus would (it raises on a malformed one)."""
-    return {family.name: family for family in text_string_to_metric_families(text)}
-
-
-def _sample(families: dict[str, Metric], name: str, **labels: str) -> float:
-    for family in families.values():
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    raise AssertionError(f"no sample {name}{labels}")
-
-
-def _check_conventions(families: dict[str, Metric]) -> None:
-    """Prometheus naming: one prefix, snake case, the base unit last, _total on counters."""
-    for name, family in families.items():
-        assert re.fullmatch(r"supervisor_daemon_[a-z_]+", name), name
-        if "seconds" in name:
-            assert name.endswith("_seconds"), name
-        for sample in family.samples:
-            if family.type == "counter":
-                assert sample.name.endswith(("_total", "_created")), sample.name
-            if family.type == "histogram":
-                assert sample.name.endswith(("_bucket", "_sum", "_count", "_created")), sample
 
 
 async def test_the_flush_is_observed_once_per_batch(pool: asyncpg.Pool[Any]) -> None:
@@ -125,22 +97,21 @@ async def test_database_gauges_count_states_and_age_questions(
             while registry.get_sample_value("supervisor_daemon_questions_pending") is None:
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
-    families = _families(generate_latest(registry).decode())
-    _check_conventions(families)
-    assert _sample(families, "supervisor_daemon_supervisors", state="blocked") == 1
-    assert _sample(families, "supervisor_daemon_supervisors", state="completed") == 0
-    assert _sample(families, "supervisor_daemon_questions_pending") == 3
-    assert _sample(families, "supervisor_daemon_question_oldest_pending_age_seconds") >= 3600
+    families = parse_families(generate_latest(registry).decode())
+    check_conventions(families)
+    assert sample(families, "supervisor_daemon_supervisors", state="blocked") == 1
+    assert sample(families, "supervisor_daemon_supervisors", state="completed") == 0
+    assert sample(families, "supervisor_daemon_questions_pending") == 3
+    assert sample(families, "supervisor_daemon_question_oldest_pending_age_seconds") >= 3600
 
 
 async def test_restorations_are_counted_by_action_source_and_outcome(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
-    from tests.integration.test_restoration import _corrupt
 
     await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
     broken = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
-    await _corrupt(pool, broken.id)  # invalid, no checkpoint: started fresh
+    await corrupt(pool, broken.id)  # invalid, no checkpoint: started fresh
     daemon_metrics = metrics.DaemonMetrics(PersistenceQueue(EventStore(pool)), lambda: 0)
     await DaemonRegistry(pool).register("d1", hostname="h", pid=1, version="0", lease_s=30)
     await restore_all(RestorationStore(pool), "d1", on_outcome=daemon_metrics.restored)

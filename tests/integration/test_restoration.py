@@ -27,7 +27,7 @@ from daemon.restoration.plan import CrashLoopGuard
 from daemon.restoration.run import restore_manually
 from daemon.services import Services
 from daemon.store import DaemonRegistry, RestorationStore, Store, Stores
-from tests.factories import new_question, new_state
+from tests.factories import corrupt, new_question, new_state
 from tests.queues import ask, restore_outcomes, spawn
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -121,17 +121,6 @@ async def _checkpoint(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> None:
     )
 
 
-async def _corrupt(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> None:
-    """waiting_for_user without a question, and an awaited task never spawned."""
-    await pool.execute(
-        "UPDATE supervisor_states SET state = 'waiting_for_user', phase = 'review',"
-        " conversation_history = '[\"later\"]', pending_task_ids = ARRAY[$2::uuid]"
-        " WHERE id = $1",
-        sid,
-        uuid.uuid4(),
-    )
-
-
 async def test_invalid_state_falls_back_to_the_last_valid_checkpoint(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
@@ -139,7 +128,7 @@ async def test_invalid_state_falls_back_to_the_last_valid_checkpoint(
         new_state(state=SupervisorStateKind.WORKING, phase="implement", progress=40)
     )
     await _checkpoint(pool, state.id)
-    await _corrupt(pool, state.id)
+    await corrupt(pool, state.id)
     outcome = (await restore_outcomes(pool))[state.id]
     assert outcome.action is StateRecoveryAction.USE_CHECKPOINT
     assert not outcome.validation.is_valid
@@ -154,7 +143,7 @@ async def test_invalid_state_without_checkpoint_starts_fresh(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     state = await store.save_supervisor_state_full(new_state(state=SupervisorStateKind.WORKING))
-    await _corrupt(pool, state.id)
+    await corrupt(pool, state.id)
     outcome = (await restore_outcomes(pool))[state.id]
     assert outcome.action is StateRecoveryAction.START_FRESH
     row = await _raw(pool, state.id)
@@ -172,7 +161,7 @@ async def test_unsafe_fresh_start_parks_for_an_operator(
     await pool.execute(
         "UPDATE supervisor_tasks SET status = 'running' WHERE id = $1", running_task.id
     )
-    await _corrupt(pool, state.id)
+    await corrupt(pool, state.id)
     outcome = (await restore_outcomes(pool))[state.id]
     assert outcome.outcome == "blocked"
     assert outcome.action is StateRecoveryAction.MANUAL_INTERVENTION

@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from daemon.config import load_settings
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, InvalidInputError
 from daemon.runtime.retention import parse_age, prune, prune_forever
-from daemon.store import RetentionStore, Store
+from daemon.services import Services
+from daemon.store import RetentionStore, Store, Stores
 from tests.retention_cases import RETAINED_ROWS, retention_population, row_counts
 
 
@@ -77,6 +78,26 @@ async def test_a_running_daemon_prunes_on_a_clock(
                 await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
     assert await row_counts(pool, kept) == before
+
+
+async def test_the_prune_command_takes_an_age_or_the_configured_retention(
+    pool: asyncpg.Pool[Any], population: dict[str, uuid.UUID]
+) -> None:
+    configured = Services(Stores.over(pool), retention_days=30)
+    age, dry = await configured.prune(dry_run=True)
+    assert (age, dry.supervisors, dry.dry_run) == (timedelta(days=30), 2, True)
+    age, dry = await configured.prune("1000d", dry_run=True)  # an age said wins
+    assert (age, dry.supervisors) == (timedelta(days=1000), 0)
+
+    unconfigured = Services(Stores.over(pool))
+    with pytest.raises(InvalidInputError, match="SUPERVISOR_DAEMON_RETENTION_DAYS"):
+        await unconfigured.prune()
+    with pytest.raises(InvalidInputError, match="--older-than: 'a while' is not a duration"):
+        await unconfigured.prune("a while")
+    refused = await row_counts(pool, population["completed_long_ago"])
+    assert refused["messages"] == 7  # nothing was deleted
+    age, report = await unconfigured.prune("30d")
+    assert (age, report.supervisors, report.messages) == (timedelta(days=30), 2, 14)
 
 
 def test_ages_parse_or_fail_clearly() -> None:

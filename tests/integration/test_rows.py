@@ -16,12 +16,8 @@ from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
 from daemon.restoration.run import restore_manually
 from daemon.store import EventStore, RestorationStore, Store
-from tests.factories import new_state
+from tests.factories import new_message, new_state
 from tests.queues import running, spawn, submit_together
-
-
-def _message(n: int) -> dict[str, Any]:
-    return {"role": "assistant" if n % 2 else "user", "content": f"message {n}"}
 
 
 async def _messages(pool: asyncpg.Pool[Any], sid: uuid.UUID) -> list[tuple[int, Any]]:
@@ -47,18 +43,18 @@ async def test_appends_are_numbered_rows_in_order_within_and_across_batches(
     tasks = [uuid.uuid4() for _ in range(4)]
     async with running(PersistenceQueue(EventStore(pool), lanes=1)) as queue:
         # One batch: messages and tasks interleaved, folded into one row.
-        first = [events.message_appended(sid, _message(n)) for n in range(3)]
+        first = [events.message_appended(sid, new_message(n)) for n in range(3)]
         first.insert(1, events.task_spawned(sid, tasks[0]))
         first.insert(3, events.task_spawned(sid, tasks[1], awaited=False))
         outcomes = await submit_together(queue, first)
         assert set(outcomes.values()) == {None}
         # Then one event per batch.
         for n in range(3, 5):
-            await queue.submit(events.message_appended(sid, _message(n)))
+            await queue.submit(events.message_appended(sid, new_message(n)))
         for task_id in tasks[2:]:
             await queue.submit(events.task_spawned(sid, task_id))
 
-    assert await _messages(pool, sid) == [(n + 1, _message(n)) for n in range(5)]
+    assert await _messages(pool, sid) == [(n + 1, new_message(n)) for n in range(5)]
     assert await _spawned(pool, sid) == [(n + 1, t) for n, t in enumerate(tasks)]
     counters = await pool.fetchrow(
         "SELECT message_seq, task_seq FROM supervisors WHERE id = $1", sid
@@ -67,7 +63,7 @@ async def test_appends_are_numbered_rows_in_order_within_and_across_batches(
     assert tuple(counters.values()) == (5, 4)
     whole = await store.get_supervisor(sid)
     assert whole is not None
-    assert whole.conversation_history == tuple(_message(n) for n in range(5))
+    assert whole.conversation_history == tuple(new_message(n) for n in range(5))
     assert whole.spawned_task_ids == tuple(tasks)
     assert whole.pending_task_ids == (tasks[0], tasks[2], tasks[3])
     assert (whole.history_length, whole.spawned_task_count) == (5, 4)
@@ -78,13 +74,13 @@ async def test_a_fenced_event_inserts_no_rows(pool: asyncpg.Pool[Any], store: St
     await pool.execute("UPDATE supervisors SET owner_epoch = 7 WHERE id = $1", sid)
     async with running(PersistenceQueue(EventStore(pool))) as queue:
         stale = [
-            events.message_appended(sid, _message(0), epoch=6),
+            events.message_appended(sid, new_message(0), epoch=6),
             events.task_spawned(sid, uuid.uuid4(), epoch=6),
         ]
         outcomes = await submit_together(queue, stale)
         assert all(isinstance(exc, EventRejectedError) for exc in outcomes.values())
-        await queue.submit(events.message_appended(sid, _message(1), epoch=7))
-    assert await _messages(pool, sid) == [(1, _message(1))]
+        await queue.submit(events.message_appended(sid, new_message(1), epoch=7))
+    assert await _messages(pool, sid) == [(1, new_message(1))]
     assert await _spawned(pool, sid) == []
 
 
@@ -94,7 +90,7 @@ async def test_a_phase_change_checkpoints_positions_not_copies(
     sid = (await store.save_supervisor_state_full(new_state())).id  # one message
     task_id = uuid.uuid4()
     async with running(PersistenceQueue(EventStore(pool))) as queue:
-        await queue.submit(events.message_appended(sid, _message(1)))
+        await queue.submit(events.message_appended(sid, new_message(1)))
         await queue.submit(events.task_spawned(sid, task_id))
         await queue.submit(events.phase_changed(sid, "implement"))
     checkpoint = await store.latest_checkpoint(sid)
@@ -113,21 +109,22 @@ async def test_a_fallback_rewinds_to_the_checkpoint_position(
     before, after = uuid.uuid4(), uuid.uuid4()
     async with running(PersistenceQueue(EventStore(pool))) as queue:
         for n in range(60):
-            await queue.submit(events.message_appended(sid, _message(n)))
+            await queue.submit(events.message_appended(sid, new_message(n)))
         await queue.submit(events.task_spawned(sid, before))
         await queue.submit(events.phase_changed(sid, "implement"))  # checkpoint: 60, 1
         for n in range(60, 70):
-            await queue.submit(events.message_appended(sid, _message(n)))
+            await queue.submit(events.message_appended(sid, new_message(n)))
         await queue.submit(events.task_spawned(sid, after))
+    # Another tool writing a bad value (fault injection), not a write the daemon makes.
     await pool.execute("UPDATE supervisors SET state = 'waiting_for_user' WHERE id = $1", sid)
 
     outcome = await restore_manually(RestorationStore(pool), sid, history_tail=5)
     assert outcome is not None
     assert outcome.action.value == "use_checkpoint"
     assert outcome.context.history_length == 60
-    assert outcome.context.conversation_history == tuple(_message(n) for n in range(55, 60))
+    assert outcome.context.conversation_history == tuple(new_message(n) for n in range(55, 60))
     assert outcome.context.spawned_task_count == 1
-    assert await _messages(pool, sid) == [(n + 1, _message(n)) for n in range(60)]
+    assert await _messages(pool, sid) == [(n + 1, new_message(n)) for n in range(60)]
     assert await _spawned(pool, sid) == [(1, before)]
     assert await pool.fetchval("SELECT count(*) FROM supervisor_tasks WHERE id = $1", after) == 1
     journal = await EventStore(pool).list_events(sid, limit=1000)
@@ -142,7 +139,7 @@ async def test_a_fallback_rewinds_to_the_checkpoint_position(
 async def test_restoration_loads_a_tail_and_the_length(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
-    history = tuple(_message(n) for n in range(120))
+    history = tuple(new_message(n) for n in range(120))
     sid = (await store.save_supervisor_state_full(new_state(conversation_history=history))).id
     outcome = await restore_manually(RestorationStore(pool), sid, history_tail=50)
     assert outcome is not None
@@ -154,7 +151,7 @@ async def test_restoration_loads_a_tail_and_the_length(
 async def test_a_running_supervisor_pages_its_history_but_holds_none(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
-    history = tuple(_message(n) for n in range(30))
+    history = tuple(new_message(n) for n in range(30))
     state = await store.save_supervisor_state_full(new_state(conversation_history=history))
     async with running(PersistenceQueue(EventStore(pool))) as queue:
         sup = Supervisor(
@@ -162,7 +159,7 @@ async def test_a_running_supervisor_pages_its_history_but_holds_none(
         )  # fmt: skip
         assert sup.state.conversation_history == ()
         assert sup.state.history_length == 30
-        await sup.append_message(_message(30))
+        await sup.append_message(new_message(30))
         assert sup.state.history_length == 31
         newest = await sup.read_history(limit=10)
         assert [m.seq for m in newest] == list(range(22, 32))
@@ -178,8 +175,8 @@ async def test_a_running_supervisor_pages_its_history_but_holds_none(
         reply = await session.handle(b'{"id": 1, "type": "read_history", "before": 3}')
         assert reply["type"] == "result", reply
         assert [(m["seq"], m["message"]) for m in reply["value"]] == [
-            (1, _message(0)),
-            (2, _message(1)),
+            (1, new_message(0)),
+            (2, new_message(1)),
         ]
         assert set(reply["value"][0]) == {"seq", "message", "createdAt"}
         for bad_request in (
@@ -197,7 +194,7 @@ async def test_writers_through_the_view_append_rows_or_replace(pool: asyncpg.Poo
     await pool.execute(
         "INSERT INTO supervisor_states (id, contract_id, task_id, phase, conversation_history)"
         " VALUES ($1, $2, $3, 'plan', $4)",
-        sid, uuid.uuid4(), uuid.uuid4(), [_message(0), _message(1)],
+        sid, uuid.uuid4(), uuid.uuid4(), [new_message(0), new_message(1)],
     )  # fmt: skip
     first = await pool.fetchval(
         "SELECT ctid::text FROM supervisor_messages WHERE supervisor_id = $1 AND seq = 1", sid
@@ -205,9 +202,9 @@ async def test_writers_through_the_view_append_rows_or_replace(pool: asyncpg.Poo
     await pool.execute(
         "UPDATE supervisor_states SET conversation_history = conversation_history || $2::jsonb,"
         " state = 'working' WHERE id = $1",
-        sid, [_message(2)],
+        sid, [new_message(2)],
     )  # fmt: skip
-    assert await _messages(pool, sid) == [(n + 1, _message(n)) for n in range(3)]
+    assert await _messages(pool, sid) == [(n + 1, new_message(n)) for n in range(3)]
     # An append inserted a row; the ones before were not rewritten.
     assert first == await pool.fetchval(
         "SELECT ctid::text FROM supervisor_messages WHERE supervisor_id = $1 AND seq = 1", sid
@@ -271,19 +268,19 @@ async def test_concurrent_appends_through_the_queue_keep_every_message(
 
         async def writer(sid: uuid.UUID) -> None:
             for n in range(40):
-                await queue.submit(events.message_appended(sid, _message(n)))
+                await queue.submit(events.message_appended(sid, new_message(n)))
 
         async with anyio.create_task_group() as tg:
             for sid in sids:
                 tg.start_soon(writer, sid)
     for sid in sids:
-        assert await _messages(pool, sid) == [(n + 1, _message(n)) for n in range(40)]
+        assert await _messages(pool, sid) == [(n + 1, new_message(n)) for n in range(40)]
 
 
 async def test_a_command_agent_starts_with_the_newest_messages_and_the_length(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
-    history = tuple(_message(n) for n in range(80))
+    history = tuple(new_message(n) for n in range(80))
     state = await store.save_supervisor_state_full(new_state(conversation_history=history))
     task_id = (await spawn(pool, state.id, awaited=True)).id
     summary = await store.get_supervisor_summary(state.id)

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -27,6 +26,7 @@ from daemon.errors import ConfigError
 from daemon.store import WorkStore
 from daemon.work.delivery import WEBHOOK_CONCURRENCY, Delivery
 from tests.factories import new_question
+from tests.pg import refuses_without_password
 
 
 def test_an_open_data_dir_of_ours_is_made_private(tmp_path: Path) -> None:
@@ -178,21 +178,6 @@ async def test_webhook_deliveries_run_a_bounded_number_at_once(pool: asyncpg.Poo
     assert receiver.most_in_flight == bound
 
 
-def _bare(dsn: str) -> str:
-    """`dsn` without its password."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:@{parts.hostname or ''}"))
-
-
-async def _refused_without_password(dsn: str) -> bool:
-    try:
-        conn = await asyncpg.connect(_bare(dsn), password="")
-    except asyncpg.InvalidPasswordError:
-        return True
-    await conn.close()
-    return False
-
-
 async def test_a_trusting_cluster_from_an_earlier_release_is_upgraded_in_place(
     data_dir: Path,
 ) -> None:
@@ -211,11 +196,11 @@ async def test_a_trusting_cluster_from_an_earlier_release_is_upgraded_in_place(
     settings = load_settings({"SUPERVISOR_DAEMON_DATA_DIR": str(data_dir)})
     async with open_database(settings) as db:
         assert await db.pool.fetchval("SELECT answer FROM kept") == 42
-        assert await _refused_without_password(db.dsn)
+        assert await refuses_without_password(db.dsn)
     # And again at the next start, with the password it set.
     async with open_database(settings) as db:
         assert await db.pool.fetchval("SELECT answer FROM kept") == 42
-        assert await _refused_without_password(db.dsn)
+        assert await refuses_without_password(db.dsn)
 
 
 async def test_a_lost_password_file_is_a_clear_error_with_a_way_back(data_dir: Path) -> None:
@@ -233,4 +218,4 @@ async def test_a_lost_password_file_is_a_clear_error_with_a_way_back(data_dir: P
     (embedded.pgdata_dir(data_dir) / "pg_hba.conf").write_text("local all all trust\n")
     async with open_database(settings) as db:
         assert await db.pool.fetchval("SELECT 1") == 1
-        assert await _refused_without_password(db.dsn)
+        assert await refuses_without_password(db.dsn)

@@ -18,7 +18,7 @@ import asyncpg
 from daemon.db.outage import through_outage
 from daemon.store import Store, TaskChange, WorkStore
 from tests.factories import new_state
-from tests.integration.test_late_commit import _until_waiting
+from tests.pg import until_lock_waiters
 from tests.proxy import ResettingProxy
 from tests.queues import spawn
 
@@ -56,9 +56,9 @@ async def test_a_start_retried_after_a_lost_reply_is_the_callers_own(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(start)
-                await _until_waiting(watcher, 1)  # the start waits for the task's row
+                await until_lock_waiters(watcher, 1)  # the start waits for the task's row
                 assert proxy.reset_clients() >= 1
-                await _until_waiting(watcher, 2)  # ... and so does its retry
+                await until_lock_waiters(watcher, 2)  # ... and so does its retry
                 await hold.commit()
         finally:
             await qpool.close()

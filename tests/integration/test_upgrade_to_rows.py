@@ -163,6 +163,7 @@ async def _restore_from_upgraded_checkpoints(dsn: str, filled: dict[str, Any]) -
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=init_connection)
     assert pool is not None
     try:
+        # Another tool writing a bad value (fault injection), not a write the daemon makes.
         await pool.execute(
             "UPDATE supervisors SET state = 'waiting_for_user' WHERE id = ANY ($1)",
             [sids[0], sids[2]],

@@ -17,11 +17,8 @@ from daemon.services import Services
 from daemon.store import DaemonRegistry, Store, Stores
 from daemon.web.app import create_app
 from daemon.web.openapi import document
-from tests.factories import new_question, new_state
+from tests.factories import WEB_TOKEN, new_question, new_state
 from tests.queues import ask, spawn
-
-TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - a test token
-
 
 BASE = "http://127.0.0.1:8765"
 
@@ -188,27 +185,27 @@ async def test_a_token_is_asked_once_then_kept_in_a_cookie(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     await _waiting(pool)
-    async with _client(pool, token=TOKEN) as client:
+    async with _client(pool, token=WEB_TOKEN) as client:
         first = await client.get("/", headers={"accept": "text/html"})
         assert (first.status_code, first.headers["location"]) == (303, "/login?next=/")
         assert (await client.get("/events")).status_code == 401
         form = await client.get("/login?next=/supervisors")
-        assert TOKEN not in form.text
+        assert WEB_TOKEN not in form.text
         csrf = _csrf(form.text)
         bad = await client.post("/login", data={"token": "guess", "csrf": csrf})
         assert bad.status_code == 401
         good = await client.post(
-            "/login", data={"token": TOKEN, "csrf": csrf, "next": "/supervisors"}
+            "/login", data={"token": WEB_TOKEN, "csrf": csrf, "next": "/supervisors"}
         )
         assert (good.status_code, good.headers["location"]) == (303, "/supervisors")
         cookie = good.headers["set-cookie"].lower()
         assert "httponly" in cookie
         assert "samesite=strict" in cookie
-        assert TOKEN.lower() not in cookie
+        assert WEB_TOKEN.lower() not in cookie
         assert (await client.get("/")).status_code == 200
         # The API takes the token as a bearer header, never the page's cookie.
         assert (await client.get("/api/questions")).status_code == 401
-        api = await client.get("/api/questions", headers={"authorization": f"Bearer {TOKEN}"})
+        api = await client.get("/api/questions", headers={"authorization": f"Bearer {WEB_TOKEN}"})
         assert api.status_code == 200
         assert len(api.json()) == 1
 

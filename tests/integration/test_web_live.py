@@ -28,7 +28,7 @@ async def test_news_from_notify_then_from_polls_while_listen_is_down(
     pool: asyncpg.Pool[Any], store: Store
 ) -> None:
     state = await store.save_supervisor_state_full(new_state())
-    live = Live(WorkStore(pool), Services(Stores.over(pool)), fast_poll_s=0.05, slow_poll_s=3600)
+    live = Live(Services(Stores.over(pool)), fast_poll_s=0.05, slow_poll_s=3600)
     async with anyio.create_task_group() as tg:
         tg.start_soon(live.run)
         with live.subscribe() as news:

@@ -10,6 +10,7 @@ import pytest
 from daemon.config import load_settings, resolve_daemon_id
 from daemon.datadir import ensure_data_dir
 from daemon.errors import ConfigError
+from tests.processes import credentials_env
 
 
 def test_defaults_use_the_embedded_database() -> None:
@@ -106,16 +107,8 @@ def test_agent_env_names_variables_and_never_the_daemons_secrets(tmp_path: Path)
         load_settings({"SUPERVISOR_DAEMON_WEBHOOK_USE_PROXY": "maybe"})
 
 
-def _credentials(tmp_path: Path, url: str) -> dict[str, str]:
-    """An environment with a systemd credentials directory holding `url`."""
-    directory = tmp_path / "credentials"
-    directory.mkdir()
-    (directory / "database-url").write_text(url + "\n")  # files often end with a newline
-    return {"CREDENTIALS_DIRECTORY": str(directory)}
-
-
 def test_the_database_url_can_be_a_systemd_credential(tmp_path: Path) -> None:
-    env = _credentials(tmp_path, "postgresql://app:cred-pw@db.internal:5432/prod")
+    env = credentials_env(tmp_path, "postgresql://app:cred-pw@db.internal:5432/prod")
     assert load_settings(env).database_url == "postgresql://app:cred-pw@db.internal:5432/prod"
     # It overrides the TOML file, as the environment does.
     toml = tmp_path / "daemon.toml"
@@ -146,7 +139,7 @@ def test_a_credentials_directory_without_the_credential_changes_nothing(tmp_path
 def test_a_bad_credential_is_refused_without_echoing_it(
     tmp_path: Path, credential: str, variable: str | None, message: str
 ) -> None:
-    env = _credentials(tmp_path, credential)
+    env = credentials_env(tmp_path, credential)
     if variable is not None:
         env["SUPERVISOR_DAEMON_DATABASE_URL"] = variable
     with pytest.raises(ConfigError, match=message) as info:
@@ -155,7 +148,7 @@ def test_a_bad_credential_is_refused_without_echoing_it(
 
 
 def test_an_unreadable_credential_is_a_config_error(tmp_path: Path) -> None:
-    env = _credentials(tmp_path, "postgresql://u@h/db")
+    env = credentials_env(tmp_path, "postgresql://u@h/db")
     (Path(env["CREDENTIALS_DIRECTORY"]) / "database-url").unlink()
     (Path(env["CREDENTIALS_DIRECTORY"]) / "database-url").mkdir()  # read() fails: a directory
     with pytest.raises(ConfigError, match=r"credential 'database-url' .* cannot be read"):
