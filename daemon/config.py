@@ -18,7 +18,7 @@ import re
 import socket
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -214,7 +214,7 @@ def _web_token(value: Any) -> str | None:
     return text
 
 
-def _choice(choices: tuple[str, ...]) -> Any:
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         text = str(value).strip().lower()
         if text not in choices:

@@ -12,6 +12,8 @@ from pathlib import Path
 from daemon.errors import ConfigError
 from daemon.logs import get_logger
 
+log = get_logger()
+
 
 def ensure_data_dir(path: Path) -> None:
     """Create the data directory with mode 0700 when missing; fail clearly otherwise.
@@ -43,5 +45,5 @@ def ensure_data_dir(path: Path) -> None:
         path.chmod(mode & ~loose)
     except OSError as exc:
         raise ConfigError(f"data directory {path} cannot be made private: {exc.strerror}") from None
-    get_logger().warning("data_dir.tightened", path=str(path), was=f"{mode:04o}",
-                         now=f"{mode & ~loose:04o}")  # fmt: skip
+    log.warning("data_dir.tightened", path=str(path), was=f"{mode:04o}",
+                now=f"{mode & ~loose:04o}")  # fmt: skip

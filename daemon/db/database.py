@@ -26,6 +26,8 @@ from daemon.db.pool import close, connect, create_pool
 from daemon.errors import DatabaseUnavailableError, map_db_errors
 from daemon.logs import get_logger, register_secret
 
+log = get_logger()
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Database:
@@ -93,7 +95,6 @@ async def open_database(settings: Settings, *, wait_s: float = 0.0) -> AsyncIter
 
 
 async def _open_pool(settings: Settings, wait_s: float) -> tuple[asyncpg.Pool[Any], str, bool]:
-    log = get_logger()
 
     def log_attempt(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None

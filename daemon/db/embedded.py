@@ -28,6 +28,8 @@ from daemon.datadir import ensure_data_dir
 from daemon.errors import ConfigError, DaemonError, DatabaseUnavailableError
 from daemon.logs import get_logger
 
+log = get_logger()
+
 DATABASE_NAME = "supervisor_daemon"
 
 
@@ -121,7 +123,6 @@ def restart_if_stopped(data_dir: Path) -> bool:
 async def keep_running(data_dir: Path, *, interval_s: float = 1.0) -> None:
     """While the daemon runs on its embedded server, bring the server back when it
     stops: nobody else will, and until then every supervisor waits on an outage."""
-    log = get_logger()
     while True:
         await anyio.sleep(interval_s)
         try:

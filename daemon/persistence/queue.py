@@ -3,9 +3,10 @@
 Contract (SPEC.md, "Durability contract"):
 - `submit` of a critical event returns only after the transaction holding it committed;
   heartbeat and progress return at once and are coalesced (newest per supervisor).
-- One flusher writes everything queued (up to a batch size) with one set-based
-  statement, which is one implicit transaction: group commit. Batches are written one
-  after the other, so per-supervisor order holds.
+- A flusher writes everything queued in its lane (up to a batch size) with one
+  set-based statement, which is one implicit transaction: group commit. A lane's
+  batches are written one after the other, so per-supervisor order holds; at light
+  load one batch takes along what the other lanes hold (see `_run_lane`).
 - Transient failures are retried with exponential backoff and jitter, for as long as
   the daemon runs. The batch statement compares each supervisor's newest applied event
   with the batch's under the row lock, so a retry never applies a batch twice, even
@@ -64,8 +65,10 @@ class PersistenceQueue:
     """Group commit for save points. See the module docstring for the contract.
 
     Supervisors are spread over `lanes` flushers by id; each lane writes its batches
-    one after the other (per-supervisor order), and lanes write concurrently on their
-    own connections, so encoding one batch overlaps with the database writing another.
+    one after the other (per-supervisor order). Busy lanes write concurrently on their
+    own connections, so encoding one batch overlaps with the database writing another;
+    at light load a lane with a few events waits briefly for the batch under way, and
+    the next batch takes them along (fewer statements, a shorter tail).
     Lanes never share a supervisor, so their transactions never touch the same rows.
     """
 
@@ -336,8 +339,7 @@ class PersistenceQueue:
             self.on_flush(elapsed, count + len(coalesced))
 
     def longest_call_s(self) -> float:
-        """How long the oldest database call under way has been running (0 when none):
-        a call that neither returns nor fails means a connection the network lost."""
+        """See `BatchWriter.longest_call_s` (the watchdog asks)."""
         return self._writer.longest_call_s()
 
     # -- stop ---------------------------------------------------------------------------

@@ -2,10 +2,8 @@
 through outages, split on a permanent error until the bad event is alone; each event's
 submitter acknowledged, or told why not.
 
-Retries: a transient failure is retried with exponential backoff and jitter for as long
-as the daemon runs. The batch statement compares each supervisor's newest applied event
-with the batch's under the row lock, so a retry never applies a batch twice, even when
-the failed attempt's commit is still running on the server.
+The promises it keeps (retries, no batch applied twice, bisection) are the queue's
+contract: see daemon/persistence/queue.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Restoration: bring supervisors back from the database, validation first.
+"""The restoration decision for one supervisor: restore, fall back, start fresh or park.
 
 Pure logic over rows already loaded (daemon/restoration/run.py does the I/O, set-based).
 For each supervisor this module decides, following SPEC.md "Restoration protocol":

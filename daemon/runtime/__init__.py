@@ -1,1 +1,2 @@
-"""The running daemon: its lifecycle, supervisor hosting, leases and retention."""
+"""The running daemon: its lifecycle, the parts it is made of (components), supervisor
+hosting, leases and retention."""

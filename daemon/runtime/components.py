@@ -1,6 +1,7 @@
 """The running daemon's parts, made from the settings in one place.
 
-Settings become the parts' arguments here and nowhere else. The lifecycle
+Settings become the parts' arguments here; the lifecycle itself reads only those that
+say how it runs (claiming, capacity, retention, metrics, release on stop). The lifecycle
 (daemon/runtime/lifecycle.py) makes `Components` once, at start, over the daemon's
 database: the stores, the persistence queue, the hub, the lease keeper and the
 metrics. The parts that live in a task group of the running daemon (question delivery,

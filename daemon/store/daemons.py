@@ -1,6 +1,6 @@
 """The daemons table: registration, the lock on a daemon's id, leases, release.
 
-A sibling of daemon/store/ with the same rules (one named statement per method,
+One of the store's rooms, with the same rules (one named statement per method,
 driver errors translated). Kept apart because a running daemon uses it over the one
 connection it holds for the life of its process (a `DaemonSession`, which
 daemon/runtime/lease.py keeps), where the rest of the store works over the pool.

@@ -1,8 +1,8 @@
 """The named reads people's commands need (the CLI, the web page and its JSON API).
 
-A sibling of daemon/store/ with the same rules: one statement from daemon/db/sql
+One of the store's rooms, with the same rules: one statement from daemon/db/sql
 (people.sql) per method, driver errors translated, records or plain rows returned. It
-reads only; people's writes go through the stores in daemon/store/. Kept apart so
+reads only; people's writes go through the other rooms of the store. Kept apart so
 that what the page shows (lists without conversations, pages of history, id prefixes)
 does not grow the module the daemon runs on. Nothing here decides a rule: that is
 daemon/services.

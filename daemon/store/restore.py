@@ -121,7 +121,8 @@ class RestorationStore:
 
 
 class RetentionStore:
-    """Deleting the rows of finished supervisors, in small statements (daemon/retention.py)."""
+    """Deleting the rows of finished supervisors, in small statements (for
+    daemon/runtime/retention.py)."""
 
     TABLES = ("messages", "journal", "tasks", "checkpoints")
 

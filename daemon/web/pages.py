@@ -8,8 +8,7 @@ not a choice, a stale form) shows its reason on the page with nothing written.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from starlette.requests import Request
@@ -227,8 +226,12 @@ async def logout(request: Request) -> Response:
     return response
 
 
+# What a page's handler is: a request in, a response out.
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
 def routes() -> list[BaseRoute]:
-    def page(path: str, endpoint: Any, methods: tuple[str, ...] = ("GET",)) -> Route:
+    def page(path: str, endpoint: Endpoint, methods: tuple[str, ...] = ("GET",)) -> Route:
         return Route(path, endpoint, methods=list(methods))
 
     return [
