@@ -1,8 +1,9 @@
-"""Agents that ship with the daemon (the demo) and how an agent spec is resolved.
+"""What drives a supervisor: the agent API, command agents, the demo, and resolving a spec.
 
 An agent is an async callable taking a `daemon.agents.supervisor.Supervisor` (the
-in-process API); `daemon.agents.command` serves the same API to a process over JSON lines. A
-supervisor's `agent` column names it as `module:callable`, or by a short alias.
+in-process API); `daemon.agents.command` serves the same API to a process over JSON
+lines; `daemon.agents.demo` is the agent that ships with the daemon. A supervisor's
+`agent` column names it as `module:callable`, `cmd:COMMAND`, or a short alias.
 """
 
 from __future__ import annotations
