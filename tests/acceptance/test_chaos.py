@@ -34,6 +34,16 @@ async def _started(cluster: Cluster, pool: asyncpg.Pool[Any]) -> dict[uuid.UUID,
     await wait_for(lambda: cluster.registered(pool, list(cluster.daemons)), 60, "registered")
     await cluster.create_supervisors(pool, SUPERVISORS)
     await cluster.settle(pool, 60)
+
+    async def all_saved() -> bool:
+        # An agent running is not yet a supervisor that saved something: one killed
+        # before its first save is started afresh by its next owner, not restored.
+        unsaved = await pool.fetchval(
+            "SELECT count(*) FROM supervisor_states WHERE coalesce(last_event_seq, 0) = 0"
+        )
+        return bool(unsaved == 0)
+
+    await wait_for(all_saved, 30, "every supervisor saved its first event")
     owners = await cluster.owners(pool)
     assert Counter(owners.values()) == {"d1": 3, "d2": 3, "d3": 3}  # nobody took everything
     return owners
