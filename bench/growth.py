@@ -42,7 +42,7 @@ from bench.scale import rss_kib
 from bench.workload import percentile
 from daemon.persistence import events
 from daemon.persistence.queue import PersistenceQueue
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard
 from daemon.restoration.run import restore_all
 from daemon.runtime.host import Host
 from daemon.store import DaemonRegistry, EventStore, RestorationStore, Store, WorkStore

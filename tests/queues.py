@@ -22,7 +22,7 @@ import asyncpg
 from daemon.models import PendingQuestion, SupervisorTask
 from daemon.persistence import events
 from daemon.persistence.queue import EventRejectedError, PersistenceQueue
-from daemon.restoration.plan import RestorationOutcome
+from daemon.restoration.records import RestorationOutcome
 from daemon.restoration.run import restore_all
 from daemon.store import DaemonRegistry, EventStore, RestorationStore, Store
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from daemon.agents.command import CommandAgent
 from daemon.agents.supervisor import Supervisor
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard
 
 Agent = Callable[[Supervisor], Awaitable[None]]
 ALIASES = {"demo": "daemon.agents.demo:run"}

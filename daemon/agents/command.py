@@ -32,7 +32,7 @@ from daemon.errors import DaemonError, InvalidInputError
 from daemon.logs import Logger, get_logger
 from daemon.models import PHASES, TERMINAL_STATES
 from daemon.persistence.queue import QueueClosedError, SupervisorLostError
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard
 from daemon.work.environment import child_environment
 from daemon.work.processes import stop_group
 

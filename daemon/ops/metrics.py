@@ -36,7 +36,7 @@ from daemon.errors import DaemonError
 from daemon.logs import get_logger
 from daemon.models import SupervisorStateKind
 from daemon.persistence.queue import PersistenceQueue
-from daemon.restoration.plan import RestorationOutcome
+from daemon.restoration.records import RestorationOutcome
 from daemon.store import MetricsStore
 
 PREFIX = "supervisor_daemon_"

@@ -41,8 +41,6 @@ from daemon.restoration.context import context_message
 from daemon.restoration.records import CrashLoopGuard, RestorationInput, RestorationOutcome
 from daemon.restoration.validation import LIVE, STATES, unreadable, validate
 
-# -- validation -------------------------------------------------------------------------
-
 
 def _fresh(row: Mapping[str, Any]) -> dict[str, Any]:
     fresh = dict(row)
@@ -311,15 +309,3 @@ def plan_safely(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOut
         reason = f"restoration failed: {type(exc).__name__}: {exc}"
         parked = _parked(item, guard, reason, StateRecoveryAction.MANUAL_INTERVENTION, [reason])
         return dataclasses.replace(parked, outcome="failed")
-
-
-# -- the message for the agent ------------------------------------------------------------
-
-
-__all__ = [
-    "CrashLoopGuard",
-    "RestorationInput",
-    "RestorationOutcome",
-    "plan",
-    "plan_safely",
-]

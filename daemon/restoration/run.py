@@ -30,12 +30,8 @@ from daemon.errors import ConflictError, DaemonError
 from daemon.jsonvalues import JsonTail
 from daemon.logs import get_logger
 from daemon.models import RestorationSource, StateRecoveryAction
-from daemon.restoration.plan import (
-    CrashLoopGuard,
-    RestorationInput,
-    RestorationOutcome,
-    plan_safely,
-)
+from daemon.restoration.plan import plan_safely
+from daemon.restoration.records import CrashLoopGuard, RestorationInput, RestorationOutcome
 from daemon.restoration.validation import validate
 from daemon.store import RestorationStore
 from daemon.work.delivery import log_delivered, notify_body

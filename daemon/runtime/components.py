@@ -24,7 +24,7 @@ from daemon.config import Settings
 from daemon.db.database import Database
 from daemon.ops.metrics import DaemonMetrics
 from daemon.persistence.queue import PersistenceQueue
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard
 from daemon.runtime.host import Host
 from daemon.runtime.lease import LeaseKeeper, LeaseTiming, Registration
 from daemon.store import Stores

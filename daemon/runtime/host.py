@@ -33,7 +33,7 @@ from daemon.persistence.queue import (
     QueueClosedError,
     SupervisorLostError,
 )
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard
 from daemon.store import Store, WorkStore
 from daemon.work.delivery import Delivery
 from daemon.work.hub import Hub

@@ -33,7 +33,7 @@ from daemon.models import PHASES, SupervisorRestorationContext, SupervisorState
 from daemon.ops import metrics, systemd, watchdog
 from daemon.ops.gc_tuning import collect_on_a_clock, restore_defaults, tune_for_throughput
 from daemon.persistence.queue import PersistenceQueue
-from daemon.restoration.plan import RestorationOutcome
+from daemon.restoration.records import RestorationOutcome
 from daemon.restoration.run import RestorationSummary, restore_all
 from daemon.runtime import retention
 from daemon.runtime.components import Components

@@ -51,7 +51,7 @@ from daemon.services.views import (
 from daemon.store import Stores
 
 if TYPE_CHECKING:
-    from daemon.restoration.plan import CrashLoopGuard, RestorationOutcome
+    from daemon.restoration.records import CrashLoopGuard, RestorationOutcome
 
 __all__ = [
     "AnswerReceipt",

@@ -23,7 +23,7 @@ from daemon.models import (
 from daemon.restoration import context as restoration_context
 from daemon.restoration import plan as restoration
 from daemon.restoration import validation
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard, RestorationInput, RestorationOutcome
 from daemon.restoration.run import restore_manually
 from daemon.services import Services
 from daemon.store import DaemonRegistry, RestorationStore, Store, Stores
@@ -292,9 +292,7 @@ async def test_one_failure_never_stops_the_others(
     doomed = ids[2]
     real_plan = restoration.plan
 
-    def flaky(
-        item: restoration.RestorationInput, guard: CrashLoopGuard
-    ) -> restoration.RestorationOutcome:
+    def flaky(item: RestorationInput, guard: CrashLoopGuard) -> RestorationOutcome:
         if item.row["id"] == doomed:
             raise RuntimeError("disk on fire")
         return real_plan(item, guard)

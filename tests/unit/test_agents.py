@@ -8,7 +8,7 @@ import pytest
 
 from daemon import agents
 from daemon.agents.command import CommandAgent
-from daemon.restoration.plan import CrashLoopGuard
+from daemon.restoration.records import CrashLoopGuard
 
 
 def test_a_command_agent_is_restarted_under_the_daemons_crash_loop_guard() -> None:
